@@ -1,0 +1,69 @@
+//! Every way a request can fail, and the one place that maps each to an HTTP status.
+
+use thiserror::Error;
+
+/// A whole-request failure; per-point problems are `partialSuccess`, not errors.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum FleetError {
+    #[error("cluster_id is missing: add ?cluster_id=<id> or the ingero.cluster.id resource attribute")]
+    MissingClusterId,
+    #[error("{name} is not valid percent-encoded UTF-8")]
+    BadQueryEncoding { name: &'static str },
+    #[error("{name} is longer than max_id_bytes ({limit} bytes)")]
+    IdTooLong { name: &'static str, limit: usize },
+    #[error("request body is empty (an empty push is {{\"resourceMetrics\":[]}})")]
+    EmptyBody,
+    #[error("invalid OTLP JSON: {0}")]
+    BadJson(String),
+    #[error("invalid OTLP protobuf: {0}")]
+    BadProtobuf(String),
+    #[error("invalid gzip body: {0}")]
+    BadGzip(String),
+    #[error("request body exceeds max_body_bytes ({limit} bytes)")]
+    BodyTooLarge { limit: usize },
+    #[error("push has more than max_points_per_push ({limit}) data points")]
+    TooManyPoints { limit: usize },
+    #[error("unsupported Content-Type {0:?}: use application/json or application/x-protobuf")]
+    UnsupportedContentType(String),
+    #[error("unsupported Content-Encoding {0:?}: use identity or gzip")]
+    UnsupportedEncoding(String),
+    #[error("method {method} is not allowed here: use {allowed}")]
+    MethodNotAllowed { method: String, allowed: &'static str },
+    #[error("fleet state is busy, retry later")]
+    Busy,
+    #[error("shared data unavailable: {0}")]
+    SharedData(String),
+}
+
+impl FleetError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::MissingClusterId
+            | Self::BadQueryEncoding { .. }
+            | Self::IdTooLong { .. }
+            | Self::EmptyBody
+            | Self::BadJson(_)
+            | Self::BadProtobuf(_)
+            | Self::BadGzip(_) => 400,
+            Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } => 413,
+            Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) => 415,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::Busy | Self::SharedData(_) => 503,
+        }
+    }
+
+    /// The `google.rpc.Code` OTLP error bodies carry for this error.
+    pub fn rpc_code(&self) -> i32 {
+        match self.status() {
+            503 => 14, // UNAVAILABLE
+            413 => 8,  // RESOURCE_EXHAUSTED
+            _ => 3,    // INVALID_ARGUMENT
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for load-shedding answers.
+    pub fn retry_after(&self) -> Option<u32> {
+        (self.status() == 503).then_some(1)
+    }
+}

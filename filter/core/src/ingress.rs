@@ -1,0 +1,169 @@
+//! Reading a request's head and body: routes, query parameters, content type and
+//! encoding, size limits. Pure functions over strings and bytes.
+
+use crate::error::FleetError;
+use crate::otlp::BodyFormat;
+use flate2::read::GzDecoder;
+use std::borrow::Cow;
+use std::io::Read;
+
+/// The OTLP/HTTP metrics path.
+pub const PUSH_PATH: &str = "/v1/metrics";
+/// The threshold API path.
+pub const THRESHOLD_PATH: &str = "/api/v1/threshold";
+
+/// The requests Fleet answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Push,
+    Threshold,
+}
+
+impl Route {
+    /// The route of a request path (query included), if it is one of Fleet's.
+    pub fn of(path: &str) -> Option<Self> {
+        match path.split_once('?').map_or(path, |(p, _)| p) {
+            PUSH_PATH => Some(Self::Push),
+            THRESHOLD_PATH => Some(Self::Threshold),
+            _ => None,
+        }
+    }
+
+    /// The one method this route accepts.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Push => "POST",
+            Self::Threshold => "GET",
+        }
+    }
+}
+
+/// The decoded value of query parameter `name` (form encoding: `+` is a space).
+/// Empty values count as absent; bad escapes and non-UTF-8 are errors.
+pub fn query_param(path: &str, name: &'static str, max_bytes: usize) -> Result<Option<String>, FleetError> {
+    let Some((_, query)) = path.split_once('?') else { return Ok(None) };
+    let Some(raw) = query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')) else {
+        return Ok(None);
+    };
+    let value = percent_decode(raw).ok_or(FleetError::BadQueryEncoding { name })?;
+    if value.len() > max_bytes {
+        return Err(FleetError::IdTooLong { name, limit: max_bytes });
+    }
+    Ok(Some(value).filter(|v| !v.is_empty()))
+}
+
+/// Strict `application/x-www-form-urlencoded` decoding of one value.
+fn percent_decode(raw: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
+            b'%' => {
+                let hi = char::from(bytes.next()?).to_digit(16)?;
+                let lo = char::from(bytes.next()?).to_digit(16)?;
+                u8::try_from(hi * 16 + lo).ok()?
+            }
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The body format named by a `Content-Type` header.
+pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, FleetError> {
+    let value = content_type.unwrap_or("");
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        "application/x-protobuf" | "application/protobuf" => Ok(BodyFormat::Protobuf),
+        _ => Err(FleetError::UnsupportedContentType(value.to_owned())),
+    }
+}
+
+/// Whether a `Content-Encoding` header names gzip; identity and none are plain.
+pub fn is_gzip(content_encoding: Option<&str>) -> Result<bool, FleetError> {
+    match content_encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("identity") => Ok(false),
+        Some("gzip") | Some("x-gzip") => Ok(true),
+        Some(_) => Err(FleetError::UnsupportedEncoding(content_encoding.unwrap_or("").to_owned())),
+    }
+}
+
+/// The body as the decoder should see it: inflated if gzip, within `limit` bytes.
+pub fn unpack_body(body: &[u8], gzip: bool, limit: usize) -> Result<Cow<'_, [u8]>, FleetError> {
+    if body.len() > limit {
+        return Err(FleetError::BodyTooLarge { limit });
+    }
+    if !gzip {
+        return Ok(Cow::Borrowed(body));
+    }
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    // Read one byte past the limit so an oversized stream is detected, not truncated.
+    GzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| FleetError::BadGzip(e.to_string()))?;
+    if out.len() > limit {
+        return Err(FleetError::BodyTooLarge { limit });
+    }
+    Ok(Cow::Owned(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    #[test]
+    fn routes_ignore_the_query() {
+        assert_eq!(Route::of("/v1/metrics?cluster_id=a"), Some(Route::Push));
+        assert_eq!(Route::of("/api/v1/threshold"), Some(Route::Threshold));
+        assert_eq!(Route::of("/v1/metricsx"), None);
+        assert_eq!(Route::of("/"), None);
+    }
+
+    #[test]
+    fn cluster_ids_are_form_decoded() {
+        let q = |p| query_param(p, "cluster_id", 16);
+        assert_eq!(q("/v1/metrics?cluster_id=prod%20eu+1"), Ok(Some("prod eu 1".into())));
+        assert_eq!(q("/v1/metrics?x=1&cluster_id=a%2Fb"), Ok(Some("a/b".into())));
+        assert_eq!(q("/v1/metrics?my_cluster_id=a"), Ok(None));
+        assert_eq!(q("/v1/metrics?cluster_id="), Ok(None));
+        assert_eq!(q("/v1/metrics"), Ok(None));
+        let bad = Err(FleetError::BadQueryEncoding { name: "cluster_id" });
+        assert_eq!(q("/v1/metrics?cluster_id=%zz"), bad);
+        assert_eq!(q("/v1/metrics?cluster_id=%4"), bad);
+        assert_eq!(q("/v1/metrics?cluster_id=%ff"), bad);
+        assert_eq!(q("/v1/metrics?cluster_id=aaaaaaaaaaaaaaaaa"), Err(FleetError::IdTooLong { name: "cluster_id", limit: 16 }));
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(body_format(Some("application/json; charset=utf-8")), Ok(BodyFormat::Json));
+        assert_eq!(body_format(Some("Application/X-Protobuf")), Ok(BodyFormat::Protobuf));
+        assert!(matches!(body_format(Some("text/plain")), Err(FleetError::UnsupportedContentType(_))));
+        assert!(matches!(body_format(None), Err(FleetError::UnsupportedContentType(_))));
+        assert_eq!(is_gzip(Some("gzip")), Ok(true));
+        assert_eq!(is_gzip(None), Ok(false));
+        assert!(matches!(is_gzip(Some("br")), Err(FleetError::UnsupportedEncoding(_))));
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = enc.write_all(data);
+        enc.finish().unwrap_or_default()
+    }
+
+    #[test]
+    fn gzip_bodies_are_inflated_within_the_limit() {
+        let body = gzip(b"{\"resourceMetrics\":[]}");
+        assert_eq!(unpack_body(&body, true, 1024).as_deref(), Ok(&b"{\"resourceMetrics\":[]}"[..]));
+        let bomb = gzip(&vec![b' '; 1 << 20]);
+        assert!(bomb.len() < 4096);
+        assert_eq!(unpack_body(&bomb, true, 4096), Err(FleetError::BodyTooLarge { limit: 4096 }));
+        assert!(matches!(unpack_body(b"not gzip", true, 1024), Err(FleetError::BadGzip(_))));
+        assert_eq!(unpack_body(&[0; 2000], false, 1024), Err(FleetError::BodyTooLarge { limit: 1024 }));
+    }
+}

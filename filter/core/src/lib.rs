@@ -1,0 +1,24 @@
+//! Ingero Fleet's core: everything Fleet decides, with no host calls.
+//!
+//! Front doors (the proxy-wasm filter, the standalone server, the Envoy
+//! dynamic module) adapt their host to [`store::SharedStore`] and call
+//! [`service::Fleet`]; they add no rules of their own.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod ingress;
+pub mod otlp;
+pub mod push;
+pub mod registry;
+pub mod reply;
+pub mod service;
+pub mod stats;
+pub mod store;
+pub mod threshold;
+
+pub use config::Config;
+pub use error::FleetError;
+pub use service::{Answer, Fleet, HeadStep, Outcome, PendingPush, RequestHead};
+pub use store::{MemoryStore, SharedStore, StoreError};
+pub use threshold::{ThresholdBook, ThresholdSnapshot};

@@ -1,0 +1,306 @@
+//! From a decoded OTLP request to the node scores it reports (contract §1, §8).
+//!
+//! Every data point is validated on its own: a bad point is rejected and
+//! counted in `partialSuccess`, and never reaches the registry.
+
+use crate::config::Config;
+use crate::otlp::{attribute, AnyValue, ExportRequest, KeyValue, Metric, ResourceMetrics};
+use serde::{Deserialize, Serialize};
+
+pub const HEALTH_SCORE: &str = "ingero.node.health_score";
+pub const STRAGGLER_EVENT: &str = "ingero.node.straggler_event";
+const NODE_INFO: &str = "ingero.node.info";
+const DETECTION_MODE: &str = "ingero.agent.detection_mode";
+const WORLD_SIZE_GAUGE: &str = "ingero.node.world_size";
+/// Gauges kept per node for listings; Fleet never scores on them.
+pub const DETAIL_GAUGES: [&str; 6] = [
+    "ingero.node.throughput_ratio",
+    "ingero.node.compute_efficiency",
+    "ingero.node.memory_headroom",
+    "ingero.node.cpu_availability",
+    "ingero.node.degradation_warning",
+    "ingero.agent.fleet_reachable",
+];
+
+/// What an agent says its node is doing; only `Active` nodes are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    Active,
+    Calibrating,
+    Idle,
+}
+
+impl NodeState {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Self::Active),
+            "calibrating" => Some(Self::Calibrating),
+            "idle" => Some(Self::Idle),
+            _ => None,
+        }
+    }
+
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Calibrating => "calibrating",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// Descriptive facts about a node, kept for listings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeDetails {
+    pub rank: Option<i64>,
+    pub world_size: Option<i64>,
+    pub gpu_model: Option<String>,
+    pub gpu_count: Option<i64>,
+    pub detection_mode: Option<String>,
+    /// Latest value of each gauge of [`DETAIL_GAUGES`], in that order.
+    pub gauges: [Option<f64>; DETAIL_GAUGES.len()],
+}
+
+/// One node's validated health score from a push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeScore {
+    pub cluster: String,
+    /// The cgroup path hash; empty for the default cohort.
+    pub cohort: String,
+    pub node: String,
+    pub score: f64,
+    pub state: NodeState,
+    pub details: NodeDetails,
+}
+
+/// Everything a push reported, after validation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushBatch {
+    pub scores: Vec<NodeScore>,
+    /// Data points refused, each for a reason; the first reason is reported.
+    pub rejected: u64,
+    pub rejection: Option<String>,
+    pub straggler_events: u64,
+}
+
+impl PushBatch {
+    fn reject(&mut self, count: usize, why: impl FnOnce() -> String) {
+        if count == 0 {
+            return;
+        }
+        self.rejected += count as u64;
+        if self.rejection.is_none() {
+            self.rejection = Some(why());
+        }
+    }
+}
+
+/// Validates a request's points. `query_cluster` (already checked) wins over the
+/// resource attribute; the caller has ensured that one of the two exists.
+pub fn extract(request: ExportRequest, query_cluster: Option<&str>, config: &Config) -> PushBatch {
+    let mut batch = PushBatch::default();
+    for resource in request.resource_metrics {
+        extract_resource(resource, query_cluster, config, &mut batch);
+    }
+    batch
+}
+
+/// Whether the push names its cluster: in the query, or on every resource.
+pub fn names_a_cluster(request: &ExportRequest, query_cluster: Option<&str>) -> bool {
+    query_cluster.is_some()
+        || (!request.resource_metrics.is_empty()
+            && request.resource_metrics.iter().all(|r| resource_cluster(&r.attributes).is_some()))
+}
+
+fn resource_cluster(attributes: &[KeyValue]) -> Option<&str> {
+    attribute(attributes, "ingero.cluster.id").and_then(AnyValue::as_str).filter(|s| !s.is_empty())
+}
+
+fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, config: &Config, batch: &mut PushBatch) {
+    let attrs = &resource.attributes;
+    let score_points: usize =
+        resource.metrics.iter().filter(|m| m.name == HEALTH_SCORE).map(|m| m.points.len()).sum();
+    batch.straggler_events +=
+        resource.metrics.iter().filter(|m| m.name == STRAGGLER_EVENT).map(|m| m.points.len() as u64).sum::<u64>();
+
+    let Some(cluster) = query_cluster.or_else(|| resource_cluster(attrs)) else {
+        batch.reject(score_points, || "resource has no cluster_id".into());
+        return;
+    };
+    if cluster.len() > config.max_id_bytes {
+        batch.reject(score_points, || format!("ingero.cluster.id is longer than max_id_bytes ({})", config.max_id_bytes));
+        return;
+    }
+    let node = attribute(attrs, "ingero.node.id").and_then(AnyValue::as_str).unwrap_or("");
+    if node.is_empty() {
+        batch.reject(score_points, || "data point's resource has no ingero.node.id".into());
+        return;
+    }
+    if node.len() > config.max_id_bytes {
+        batch.reject(score_points, || format!("ingero.node.id is longer than max_id_bytes ({})", config.max_id_bytes));
+        return;
+    }
+
+    let details = details(attrs, &resource.metrics);
+    // The newest valid point wins when a push repeats a node.
+    let mut best: Option<(u64, NodeScore)> = None;
+    for point in resource.metrics.iter().filter(|m| m.name == HEALTH_SCORE).flat_map(|m| &m.points) {
+        let score = match point.value.as_f64() {
+            Ok(v) if v.is_finite() && (0.0..=1.0).contains(&v) => v,
+            Ok(v) => {
+                batch.reject(1, || format!("node {node}: health score {v} is not a finite number in [0, 1]"));
+                continue;
+            }
+            Err(what) => {
+                batch.reject(1, || format!("node {node}: health score is {what}, not a number"));
+                continue;
+            }
+        };
+        let state = match attribute(&point.attributes, "ingero.node.state") {
+            None => NodeState::Active,
+            Some(value) => match value.as_str().and_then(NodeState::parse) {
+                Some(state) => state,
+                None => {
+                    batch.reject(1, || {
+                        format!("node {node}: ingero.node.state must be active, calibrating or idle")
+                    });
+                    continue;
+                }
+            },
+        };
+        let cohort = attribute(&point.attributes, "ingero.cgroup_path_hash").and_then(AnyValue::as_str).unwrap_or("");
+        if cohort.len() > config.max_id_bytes {
+            batch.reject(1, || format!("node {node}: ingero.cgroup_path_hash is longer than max_id_bytes"));
+            continue;
+        }
+        if best.as_ref().is_some_and(|(t, _)| *t > point.time_unix_nano) {
+            continue;
+        }
+        let score = NodeScore {
+            cluster: cluster.to_owned(),
+            cohort: cohort.to_owned(),
+            node: node.to_owned(),
+            score,
+            state,
+            details: details.clone(),
+        };
+        best = Some((point.time_unix_nano, score));
+    }
+    batch.scores.extend(best.map(|(_, s)| s));
+}
+
+fn details(attrs: &[KeyValue], metrics: &[Metric]) -> NodeDetails {
+    let int = |attrs: &[KeyValue], key| attribute(attrs, key).and_then(AnyValue::as_i64);
+    let text = |attrs: &[KeyValue], key| attribute(attrs, key).and_then(AnyValue::as_str).map(str::to_owned);
+    let mut d = NodeDetails {
+        rank: int(attrs, "ingero.node.rank"),
+        world_size: int(attrs, "ingero.world_size"),
+        ..NodeDetails::default()
+    };
+    for metric in metrics {
+        let Some(point) = metric.points.iter().max_by_key(|p| p.time_unix_nano) else { continue };
+        let value = point.value.as_f64().ok().filter(|v| v.is_finite());
+        match metric.name.as_str() {
+            NODE_INFO => {
+                d.gpu_model = text(&point.attributes, "gpu_model").or(d.gpu_model);
+                d.gpu_count = int(&point.attributes, "gpu_count").or(d.gpu_count);
+            }
+            DETECTION_MODE => {
+                d.detection_mode = text(&point.attributes, "ingero.detection_mode").or_else(|| text(&point.attributes, "mode"));
+            }
+            WORLD_SIZE_GAUGE => d.world_size = value.map(|v| v as i64).or(d.world_size),
+            name => {
+                if let Some(slot) = DETAIL_GAUGES.iter().position(|g| *g == name) {
+                    d.gauges[slot] = value.or(d.gauges[slot]);
+                }
+            }
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::tests::agent_json;
+    use crate::otlp::BodyFormat;
+
+    fn batch(json: &str, query: Option<&str>) -> PushBatch {
+        let req = ExportRequest::decode(BodyFormat::Json, json.as_bytes()).unwrap_or_default();
+        extract(req, query, &Config::default())
+    }
+
+    #[test]
+    fn agent_push_gives_one_score_with_details() {
+        let b = batch(&agent_json("gpu-7", "0.93"), None);
+        assert_eq!(b.rejected, 0);
+        assert_eq!(b.scores.len(), 1);
+        let s = &b.scores[0];
+        assert_eq!((s.cluster.as_str(), s.node.as_str(), s.cohort.as_str()), ("c1", "gpu-7", ""));
+        assert_eq!((s.score, s.state), (0.93, NodeState::Active));
+        assert_eq!((s.details.rank, s.details.world_size), (Some(3), Some(8)));
+        assert_eq!(s.details.gauges, [Some(0.97), None, None, None, None, None]);
+    }
+
+    #[test]
+    fn query_cluster_wins_over_the_attribute() {
+        let b = batch(&agent_json("n", "0.5"), Some("from-query"));
+        assert_eq!(b.scores[0].cluster, "from-query");
+    }
+
+    #[test]
+    fn bad_scores_are_rejected_per_point() {
+        for raw in ["\"NaN\"", "\"Infinity\"", "\"-Infinity\"", "1.5", "-0.1", "\"abc\"", "true", "null", "{}", "[]"] {
+            let b = batch(&agent_json("n", raw), None);
+            assert_eq!((b.scores.len(), b.rejected), (0, 1), "{raw}");
+            assert!(b.rejection.as_deref().unwrap_or("").contains("node n: health score"), "{raw}");
+        }
+        assert_eq!(batch(&agent_json("n", "\"0.93\""), None).scores[0].score, 0.93);
+        assert_eq!(batch(&agent_json("n", "1"), None).scores[0].score, 1.0);
+    }
+
+    #[test]
+    fn bad_ids_and_states_are_rejected() {
+        assert_eq!(batch(&agent_json("", "0.5"), None).rejected, 1);
+        assert_eq!(batch(&agent_json(&"x".repeat(300), "0.5"), None).rejected, 1);
+        let sleepy = agent_json("n", "0.5").replace("\"active\"", "\"asleep\"");
+        let b = batch(&sleepy, None);
+        assert_eq!((b.scores.len(), b.rejected), (0, 1));
+        assert!(b.rejection.unwrap_or_default().contains("ingero.node.state"));
+        let idle = agent_json("n", "0.5").replace("\"active\"", "\"idle\"");
+        assert_eq!(batch(&idle, None).scores[0].state, NodeState::Idle);
+    }
+
+    #[test]
+    fn one_bad_point_does_not_spoil_the_good_one() {
+        let two = agent_json("n", "0.4").replace(
+            r#""dataPoints":[{"timeUnixNano":"1700000000000000000","#,
+            r#""dataPoints":[{"timeUnixNano":"1","asDouble":"bad"},{"timeUnixNano":"1700000000000000000","#,
+        );
+        let b = batch(&two, None);
+        assert_eq!((b.scores.len(), b.rejected), (1, 1));
+        assert_eq!(b.scores[0].score, 0.4);
+    }
+
+    #[test]
+    fn the_newest_of_repeated_points_wins() {
+        let two = agent_json("n", "0.4").replace(
+            r#""dataPoints":[{"timeUnixNano":"1700000000000000000","#,
+            r#""dataPoints":[{"timeUnixNano":"1800000000000000000","asDouble":0.7},{"timeUnixNano":"1700000000000000000","#,
+        );
+        let b = batch(&two, None);
+        assert_eq!(b.scores.len(), 1);
+        assert_eq!(b.scores[0].score, 0.7);
+    }
+
+    #[test]
+    fn cluster_presence() {
+        let req = |j: &str| ExportRequest::decode(BodyFormat::Json, j.as_bytes()).unwrap_or_default();
+        assert!(!names_a_cluster(&req("{\"resourceMetrics\":[]}"), None));
+        assert!(names_a_cluster(&req("{\"resourceMetrics\":[]}"), Some("c")));
+        assert!(names_a_cluster(&req(&agent_json("n", "0.5")), None));
+        let no_attr = agent_json("n", "0.5").replace("ingero.cluster.id", "other");
+        assert!(!names_a_cluster(&req(&no_attr), None));
+    }
+}

@@ -1,0 +1,289 @@
+//! Fleet as one service object: what every front door calls, in the order a
+//! proxy sees a request (head, then body), plus the periodic recompute.
+
+use crate::config::Config;
+use crate::error::FleetError;
+use crate::ingress::{body_format, is_gzip, query_param, unpack_body, Route};
+use crate::otlp::{BodyFormat, ExportRequest};
+use crate::push::{extract, names_a_cluster};
+use crate::registry::{Admission, Registry, KEY_PREFIX};
+use crate::reply::Reply;
+use crate::store::{SharedStore, StoreError};
+use crate::threshold::ThresholdBook;
+
+/// Why something sent to Fleet was not stored, as counted in `ingero_fleet_dropped_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A data point failed validation.
+    InvalidPoint,
+    /// A new node arrived past `max_expected_nodes`.
+    MaxExpectedNodes,
+    /// A whole request was refused with this status.
+    Refused(u16),
+}
+
+impl DropReason {
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidPoint => "invalid_point",
+            Self::MaxExpectedNodes => "max_expected_nodes",
+            Self::Refused(400) => "bad_request",
+            Self::Refused(405) => "method_not_allowed",
+            Self::Refused(413) => "body_too_large",
+            Self::Refused(415) => "unsupported_media_type",
+            Self::Refused(503) => "busy",
+            Self::Refused(_) => "refused",
+        }
+    }
+}
+
+/// What a request did, for the front door's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// An accepted push (counted in `ingero_fleet_total_pushes`).
+    pub accepted_push: bool,
+    pub straggler_events: u64,
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+/// An answer and what it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub reply: Reply,
+    pub outcome: Outcome,
+}
+
+/// A request line and the headers Fleet reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// Path with query string.
+    pub path: &'a str,
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+    pub content_length: Option<usize>,
+}
+
+/// What to do after the request head.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadStep {
+    /// Not a Fleet route: let the request through.
+    Pass,
+    /// Answer now, without reading the body.
+    Answer(Answer),
+    /// A push whose body must be read, then given to [`Fleet::on_body`].
+    ReadBody(PendingPush),
+}
+
+/// A push whose head was valid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingPush {
+    cluster: Option<String>,
+    format: BodyFormat,
+    gzip: bool,
+}
+
+/// The Fleet service over a shared store.
+pub struct Fleet<S> {
+    config: Config,
+    store: S,
+}
+
+impl<S: SharedStore> Fleet<S> {
+    /// A service; call [`Fleet::init`] once before serving.
+    pub fn new(config: Config, store: S) -> Self {
+        Self { config, store }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The registry of tracked nodes.
+    pub fn registry(&self) -> Registry<'_, S> {
+        Registry::new(&self.store, self.config.max_expected_nodes)
+    }
+
+    /// Creates the shared keys that do not exist yet.
+    pub fn init(&self) -> Result<(), StoreError> {
+        self.registry().init()?;
+        for key in [epoch_key(), book_key()] {
+            if self.store.get(&key)?.is_none() {
+                self.store.set(&key, &[], None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides from the head alone: pass, answer, or read the body.
+    pub fn on_head(&self, head: &RequestHead, book: &ThresholdBook) -> HeadStep {
+        let Some(route) = Route::of(head.path) else { return HeadStep::Pass };
+        let cluster = query_param(head.path, "cluster_id", self.config.max_id_bytes);
+        let piggyback = cluster.as_ref().ok().and_then(Option::as_deref).and_then(|c| book.threshold(c, ""));
+        let refuse = |error: FleetError| {
+            HeadStep::Answer(refused(BodyFormat::Json, &error, if route == Route::Push { piggyback } else { None }))
+        };
+        if head.method != route.method() {
+            return refuse(FleetError::MethodNotAllowed { method: head.method.to_owned(), allowed: route.method() });
+        }
+        let cluster = match cluster {
+            Ok(c) => c,
+            Err(e) => return refuse(e),
+        };
+        match route {
+            Route::Threshold => self.threshold(head.path, cluster, book),
+            Route::Push => {
+                let checked = body_format(head.content_type).and_then(|format| {
+                    let gzip = is_gzip(head.content_encoding)?;
+                    match head.content_length {
+                        Some(n) if n > self.config.max_body_bytes => {
+                            Err(FleetError::BodyTooLarge { limit: self.config.max_body_bytes })
+                        }
+                        _ => Ok((format, gzip)),
+                    }
+                });
+                match checked {
+                    Ok((format, gzip)) => HeadStep::ReadBody(PendingPush { cluster, format, gzip }),
+                    Err(e) => refuse(e),
+                }
+            }
+        }
+    }
+
+    /// The answer when a body grows past `max_body_bytes` while arriving.
+    pub fn body_too_large(&self, push: &PendingPush, book: &ThresholdBook) -> Answer {
+        let error = FleetError::BodyTooLarge { limit: self.config.max_body_bytes };
+        refused(push.format, &error, push.piggyback(book))
+    }
+
+    /// Stores a push's valid points and answers it.
+    pub fn on_body(&self, push: &PendingPush, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
+        match self.store_push(push, body, now_ms) {
+            Ok((reply, outcome, cohort)) => {
+                let cluster = push.cluster.as_deref().or(cohort.as_ref().map(|(c, _)| c.as_str()));
+                let cohort = cohort.as_ref().map_or("", |(_, h)| h.as_str());
+                let threshold = cluster.and_then(|c| book.threshold(c, cohort));
+                Answer { reply: reply.with_piggyback(threshold), outcome }
+            }
+            Err(e) => refused(push.format, &e, push.piggyback(book)),
+        }
+    }
+
+    /// Once per tick on every worker: the first caller in each push interval
+    /// expires old nodes and publishes a new book, which it returns.
+    pub fn tick(&self, now_ms: u64) -> Result<Option<ThresholdBook>, FleetError> {
+        let epoch = now_ms / self.config.push_interval_ms();
+        if !self.claim_epoch(epoch)? {
+            return Ok(None);
+        }
+        let live = self.registry().sweep(now_ms, self.config.node_ttl_ms())?;
+        let previous = self.published_book(None)?.map(|(book, _)| book).unwrap_or_default();
+        let next = previous.next(&live, &self.config, epoch, now_ms);
+        self.store.set(&book_key(), &next.encode(), None).map_err(store_error)?;
+        Ok(Some(next))
+    }
+
+    /// The published book, unless its version is still `known_version`.
+    pub fn published_book(&self, known_version: Option<u32>) -> Result<Option<(ThresholdBook, u32)>, FleetError> {
+        match self.store.get(&book_key()).map_err(store_error)? {
+            Some((_, version)) if Some(version) == known_version => Ok(None),
+            Some((bytes, version)) => Ok(Some((ThresholdBook::decode(&bytes), version))),
+            None => Ok(None),
+        }
+    }
+
+    fn threshold(&self, path: &str, cluster: Option<String>, book: &ThresholdBook) -> HeadStep {
+        let Some(cluster) = cluster else {
+            return HeadStep::Answer(refused(BodyFormat::Json, &FleetError::MissingClusterId, None));
+        };
+        match query_param(path, "cgroup_path_hash", self.config.max_id_bytes) {
+            Ok(cohort) => HeadStep::Answer(Answer {
+                reply: Reply::threshold(book.cohort(&cluster, cohort.as_deref().unwrap_or(""))),
+                outcome: Outcome::default(),
+            }),
+            Err(e) => HeadStep::Answer(refused(BodyFormat::Json, &e, None)),
+        }
+    }
+
+    /// Decodes and stores; returns the reply, the outcome and the first scored cohort.
+    fn store_push(&self, push: &PendingPush, body: &[u8], now_ms: u64) -> Result<(Reply, Outcome, Option<(String, String)>), FleetError> {
+        if body.is_empty() {
+            return Err(FleetError::EmptyBody);
+        }
+        let body = unpack_body(body, push.gzip, self.config.max_body_bytes)?;
+        let request = ExportRequest::decode(push.format, &body)?;
+        if request.point_count() > self.config.max_points_per_push {
+            return Err(FleetError::TooManyPoints { limit: self.config.max_points_per_push });
+        }
+        if !names_a_cluster(&request, push.cluster.as_deref()) {
+            return Err(FleetError::MissingClusterId);
+        }
+        let batch = extract(request, push.cluster.as_deref(), &self.config);
+        let registry = self.registry();
+        let mut over_capacity = 0;
+        for score in &batch.scores {
+            if registry.record(score, now_ms, self.config.max_expected_nodes)? == Admission::OverCapacity {
+                over_capacity += 1;
+            }
+        }
+        let mut outcome = Outcome { accepted_push: true, straggler_events: batch.straggler_events, drops: Vec::new() };
+        let mut rejected = batch.rejected;
+        let mut message = batch.rejection.clone();
+        if batch.rejected > 0 {
+            outcome.drops.push((DropReason::InvalidPoint, batch.rejected));
+        }
+        if over_capacity > 0 {
+            outcome.drops.push((DropReason::MaxExpectedNodes, over_capacity));
+            rejected += over_capacity;
+            message.get_or_insert_with(|| {
+                format!("new nodes past max_expected_nodes ({}) are not tracked", self.config.max_expected_nodes)
+            });
+        }
+        let cohort = batch.scores.first().map(|s| (s.cluster.clone(), s.cohort.clone()));
+        Ok((Reply::pushed(push.format, rejected, message.as_deref()), outcome, cohort))
+    }
+
+    /// Takes the recompute of `epoch` if no worker has; true when this caller won.
+    fn claim_epoch(&self, epoch: u64) -> Result<bool, FleetError> {
+        let (claimed, version) = match self.store.get(&epoch_key()).map_err(store_error)? {
+            Some((bytes, version)) => (bytes.try_into().map(u64::from_le_bytes).unwrap_or(0), Some(version)),
+            None => (0, None),
+        };
+        if claimed >= epoch {
+            return Ok(false);
+        }
+        match self.store.set(&epoch_key(), &epoch.to_le_bytes(), version) {
+            Ok(()) => Ok(true),
+            Err(StoreError::CasMismatch) => Ok(false),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}
+
+impl PendingPush {
+    fn piggyback(&self, book: &ThresholdBook) -> Option<f64> {
+        self.cluster.as_deref().and_then(|c| book.threshold(c, ""))
+    }
+}
+
+fn refused(format: BodyFormat, error: &FleetError, piggyback: Option<f64>) -> Answer {
+    let status = error.status();
+    Answer {
+        reply: Reply::error(format, error).with_piggyback(piggyback),
+        outcome: Outcome { drops: vec![(DropReason::Refused(status), 1)], ..Outcome::default() },
+    }
+}
+
+fn epoch_key() -> String {
+    format!("{KEY_PREFIX}epoch")
+}
+
+fn book_key() -> String {
+    format!("{KEY_PREFIX}book")
+}
+
+fn store_error(e: StoreError) -> FleetError {
+    FleetError::SharedData(e.to_string())
+}

@@ -1,0 +1,229 @@
+//! Per-cohort thresholds (contract §4): quorum, spread, EMA, clamp, stragglers.
+//!
+//! A [`ThresholdBook`] is computed from the live records once per push
+//! interval, from the previous book (the EMA state), and published for every
+//! worker to read.
+
+use crate::config::Config;
+use crate::push::NodeState;
+use crate::registry::NodeRecord;
+use crate::stats::Spread;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The agent accepts thresholds in this range only.
+pub const THRESHOLD_RANGE: (f64, f64) = (0.1, 0.99);
+/// A node is a straggler when `score + STRAGGLER_EPSILON < threshold`, as the agent decides.
+pub const STRAGGLER_EPSILON: f64 = 1e-9;
+
+/// One cohort's state at the last recompute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdSnapshot {
+    pub cluster: String,
+    /// The cgroup path hash; empty for the default cohort.
+    pub cohort: String,
+    /// Unexpired nodes in state `active`: the ones scored.
+    pub active_nodes: u32,
+    /// Unexpired nodes in any state.
+    pub live_nodes: u32,
+    pub median: f64,
+    pub mad: f64,
+    /// The smoothed, clamped threshold; `None` until quorum is met.
+    pub threshold: Option<f64>,
+    /// Active nodes below the threshold.
+    pub stragglers: u32,
+    /// The largest `world_size` the cohort's nodes report (0 if none).
+    pub world_size: u32,
+    pub coverage_low: bool,
+}
+
+impl ThresholdSnapshot {
+    /// Whether the cohort has enough active nodes for a threshold.
+    pub fn quorum_met(&self) -> bool {
+        self.threshold.is_some()
+    }
+}
+
+/// Every cohort's snapshot, sorted by (cluster, cohort).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdBook {
+    /// The push-interval number this book was computed in.
+    pub epoch: u64,
+    pub computed_at_ms: u64,
+    pub cohorts: Vec<ThresholdSnapshot>,
+}
+
+impl ThresholdBook {
+    /// The next book from the live records, smoothing against `self`.
+    pub fn next(&self, live: &[NodeRecord], config: &Config, epoch: u64, now_ms: u64) -> ThresholdBook {
+        let mut groups: BTreeMap<(&str, &str), Vec<&NodeRecord>> = BTreeMap::new();
+        for record in live {
+            groups.entry((record.cluster.as_str(), record.cohort.as_str())).or_default().push(record);
+        }
+        let cohorts = groups
+            .into_iter()
+            .map(|((cluster, cohort), records)| {
+                let previous = self.cohort(cluster, cohort).and_then(|s| s.threshold);
+                snapshot(cluster, cohort, &records, previous, config)
+            })
+            .collect();
+        ThresholdBook { epoch, computed_at_ms: now_ms, cohorts }
+    }
+
+    /// The snapshot of one cohort, if it has live nodes.
+    pub fn cohort(&self, cluster: &str, cohort: &str) -> Option<&ThresholdSnapshot> {
+        self.cohorts
+            .binary_search_by(|s| (s.cluster.as_str(), s.cohort.as_str()).cmp(&(cluster, cohort)))
+            .ok()
+            .map(|i| &self.cohorts[i])
+    }
+
+    /// The published threshold of a cohort, when it has quorum.
+    pub fn threshold(&self, cluster: &str, cohort: &str) -> Option<f64> {
+        self.cohort(cluster, cohort).and_then(|s| s.threshold)
+    }
+
+    /// Serialized form for shared data.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Reads a published book; an unreadable one is empty (the next recompute replaces it).
+    pub fn decode(bytes: &[u8]) -> ThresholdBook {
+        postcard::from_bytes(bytes).unwrap_or_default()
+    }
+}
+
+fn snapshot(cluster: &str, cohort: &str, records: &[&NodeRecord], previous: Option<f64>, config: &Config) -> ThresholdSnapshot {
+    let mut active: Vec<f64> = records.iter().filter(|r| r.state == NodeState::Active).map(|r| r.score).collect();
+    let active_nodes = active.len() as u32;
+    let scores = active.clone();
+    let spread = Spread::of(&mut active, config.k);
+    let threshold = spread.filter(|_| active_nodes >= config.statistical_min).map(|s| {
+        let smoothed = match previous {
+            Some(prev) => config.ema_alpha * s.raw_threshold + (1.0 - config.ema_alpha) * prev,
+            None => s.raw_threshold,
+        };
+        smoothed.clamp(THRESHOLD_RANGE.0, THRESHOLD_RANGE.1)
+    });
+    let stragglers = threshold.map_or(0, |t| scores.iter().filter(|s| *s + STRAGGLER_EPSILON < t).count() as u32);
+    let world_size = records.iter().filter_map(|r| r.details.world_size).max().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+    ThresholdSnapshot {
+        cluster: cluster.to_owned(),
+        cohort: cohort.to_owned(),
+        active_nodes,
+        live_nodes: records.len() as u32,
+        median: spread.map_or(0.0, |s| s.median),
+        mad: spread.map_or(0.0, |s| s.mad),
+        threshold,
+        stragglers,
+        world_size,
+        coverage_low: f64::from(active_nodes) < config.coverage_fraction * f64::from(world_size),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::NodeDetails;
+
+    fn record(cluster: &str, cohort: &str, node: usize, score: f64) -> NodeRecord {
+        NodeRecord {
+            cluster: cluster.into(),
+            node: format!("n{node}"),
+            cohort: cohort.into(),
+            score,
+            state: NodeState::Active,
+            last_seen_ms: 0,
+            details: NodeDetails::default(),
+        }
+    }
+
+    fn records(cluster: &str, scores: &[f64]) -> Vec<NodeRecord> {
+        scores.iter().enumerate().map(|(i, s)| record(cluster, "", i, *s)).collect()
+    }
+
+    const SCORES: [f64; 5] = [0.9, 0.5, 0.95, 0.8, 0.92];
+    // median 0.9, MAD 0.05 → raw 0.9 − 2·1.4826·0.05
+    const RAW: f64 = 0.9 - 2.0 * 1.4826 * 0.05;
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-12)
+    }
+
+    #[test]
+    fn quorum_gates_the_threshold() {
+        let config = Config::default();
+        let four = ThresholdBook::default().next(&records("c", &SCORES[..4]), &config, 1, 0);
+        assert_eq!(four.threshold("c", ""), None);
+        assert_eq!(four.cohort("c", "").map(|s| s.active_nodes), Some(4));
+        let five = ThresholdBook::default().next(&records("c", &SCORES), &config, 1, 0);
+        assert!(close(five.threshold("c", ""), RAW));
+        assert_eq!(five.cohort("c", "").map(|s| s.stragglers), Some(1), "0.5 is below");
+    }
+
+    #[test]
+    fn only_active_nodes_count() {
+        let mut live = records("c", &SCORES);
+        live[0].state = NodeState::Calibrating;
+        let book = ThresholdBook::default().next(&live, &Config::default(), 1, 0);
+        assert_eq!(book.threshold("c", ""), None);
+        assert_eq!(book.cohort("c", "").map(|s| (s.active_nodes, s.live_nodes)), Some((4, 5)));
+    }
+
+    #[test]
+    fn ema_sequence_then_reset_after_quorum_loss() {
+        let config = Config::default();
+        let first = ThresholdBook::default().next(&records("c", &SCORES), &config, 1, 0);
+        assert!(close(first.threshold("c", ""), RAW), "the first value is the raw one");
+        let all_high = records("c", &[0.9; 5]); // raw 0.9
+        let second = first.next(&all_high, &config, 2, 0);
+        let expect2 = 0.2 * 0.9 + 0.8 * RAW;
+        assert!(close(second.threshold("c", ""), expect2));
+        let third = second.next(&all_high, &config, 3, 0);
+        assert!(close(third.threshold("c", ""), 0.2 * 0.9 + 0.8 * expect2));
+        let lost = third.next(&all_high[..4], &config, 4, 0);
+        assert_eq!(lost.threshold("c", ""), None);
+        let back = lost.next(&all_high, &config, 5, 0);
+        assert!(close(back.threshold("c", ""), 0.9), "restarts from raw");
+    }
+
+    #[test]
+    fn clamped_to_what_the_agent_accepts() {
+        let config = Config::default();
+        let low = ThresholdBook::default().next(&records("c", &[0.0, 0.0, 0.3, 0.5, 0.6]), &config, 1, 0);
+        assert_eq!(low.threshold("c", ""), Some(0.1));
+        let high = ThresholdBook::default().next(&records("c", &[1.0; 5]), &config, 1, 0);
+        assert_eq!(high.threshold("c", ""), Some(0.99));
+    }
+
+    #[test]
+    fn cohorts_and_clusters_are_kept_apart() {
+        let mut live = records("a", &SCORES);
+        live.extend(records("b", &[0.5; 5]));
+        live.extend(SCORES.iter().enumerate().map(|(i, s)| record("a", "cg1", 10 + i, s - 0.2)));
+        let book = ThresholdBook::default().next(&live, &Config::default(), 1, 0);
+        assert!(close(book.threshold("a", ""), RAW));
+        assert!(close(book.threshold("b", ""), 0.5));
+        assert!(close(book.threshold("a", "cg1"), RAW - 0.2));
+        assert_eq!(book.threshold("c", ""), None);
+        assert_eq!(book.cohorts.len(), 3);
+    }
+
+    #[test]
+    fn coverage_is_low_below_the_fraction_of_world_size() {
+        let mut live = records("c", &SCORES);
+        live[0].details.world_size = Some(8);
+        let book = ThresholdBook::default().next(&live, &Config::default(), 1, 0);
+        assert_eq!(book.cohort("c", "").map(|s| (s.world_size, s.coverage_low)), Some((8, true)));
+        live[0].details.world_size = Some(6);
+        let book = ThresholdBook::default().next(&live, &Config::default(), 1, 0);
+        assert_eq!(book.cohort("c", "").map(|s| s.coverage_low), Some(false));
+    }
+
+    #[test]
+    fn round_trips_through_shared_data() {
+        let book = ThresholdBook::default().next(&records("c", &SCORES), &Config::default(), 7, 42);
+        assert_eq!(ThresholdBook::decode(&book.encode()), book);
+    }
+}

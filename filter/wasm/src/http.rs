@@ -1,0 +1,75 @@
+//! One HTTP stream: hand the head and the body to the core, send its answer.
+
+use crate::root::{now_ms, Worker};
+use ingero_fleet_core::{Answer, HeadStep, PendingPush, RequestHead};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use std::rc::Rc;
+
+pub struct FleetHttp {
+    worker: Rc<Worker>,
+    pending: Option<PendingPush>,
+}
+
+impl FleetHttp {
+    pub fn new(worker: Rc<Worker>) -> Self {
+        Self { worker, pending: None }
+    }
+
+    fn answer(&self, answer: Answer) -> Action {
+        self.worker.counters.record(&answer.outcome);
+        let reply = answer.reply;
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body)) {
+            log::warn!("ingero-fleet: cannot send the response: {status:?}");
+        }
+        Action::Pause
+    }
+
+    fn finish_push(&self, push: &PendingPush, body: &[u8]) -> Action {
+        let answer = self.worker.fleet.on_body(push, body, now_ms(), &self.worker.book());
+        self.answer(answer)
+    }
+}
+
+impl Context for FleetHttp {}
+
+impl HttpContext for FleetHttp {
+    fn on_http_request_headers(&mut self, _count: usize, end_of_stream: bool) -> Action {
+        // One host call for all headers: each call costs more than the scan.
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let find = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let head = RequestHead {
+            method: find(":method").unwrap_or(""),
+            path: find(":path").unwrap_or(""),
+            content_type: find("content-type"),
+            content_encoding: find("content-encoding"),
+            content_length: find("content-length").and_then(|v| v.trim().parse().ok()),
+        };
+        let step = self.worker.fleet.on_head(&head, &self.worker.book());
+        match step {
+            HeadStep::Pass => Action::Continue,
+            HeadStep::Answer(answer) => self.answer(answer),
+            HeadStep::ReadBody(push) if end_of_stream => self.finish_push(&push, &[]),
+            HeadStep::ReadBody(push) => {
+                self.pending = Some(push);
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(push) = self.pending.take() else { return Action::Continue };
+        if body_size > self.worker.fleet.config().max_body_bytes {
+            let answer = self.worker.fleet.body_too_large(&push, &self.worker.book());
+            return self.answer(answer);
+        }
+        if !end_of_stream {
+            self.pending = Some(push);
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        self.finish_push(&push, &body)
+    }
+}
