@@ -11,8 +11,41 @@ pub(super) fn decode(body: &[u8]) -> Result<ExportRequest, FleetError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(FleetError::BadJson("the body must be a JSON object".into()));
     }
+    if nesting_depth(body) > MAX_DEPTH {
+        return Err(FleetError::BadJson(format!("nesting deeper than {MAX_DEPTH} levels")));
+    }
     let raw: RawRequest = serde_json::from_slice(body).map_err(|e| FleetError::BadJson(e.to_string()))?;
     Ok(ExportRequest { resource_metrics: raw.resource_metrics.into_iter().map(Into::into).collect() })
+}
+
+/// OTLP metrics nest about ten levels; anything far deeper is an attack, refused
+/// before parsing (serde skips unknown fields without a depth limit).
+const MAX_DEPTH: usize = 64;
+
+/// The deepest `{`/`[` nesting outside strings.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[derive(Deserialize)]
