@@ -136,14 +136,7 @@ impl Config {
             push_interval: check.duration(root, "push_interval", d.push_interval),
             ttl_multiplier: check.int(root, "ttl_multiplier", d.ttl_multiplier, 2, 1_000),
             statistical_min: check.int(quorum, "quorum.statistical_min", d.statistical_min, 1, 1_000_000),
-            coverage_fraction: check.float(
-                quorum,
-                "quorum.coverage_fraction",
-                d.coverage_fraction,
-                0.0,
-                1.0,
-                true,
-            ),
+            coverage_fraction: check.float(quorum, "quorum.coverage_fraction", d.coverage_fraction, 0.0, 1.0, true),
             max_expected_nodes: check.int(root, "max_expected_nodes", d.max_expected_nodes, 1, 1_000_000),
             max_body_bytes: check.int(root, "max_body_bytes", d.max_body_bytes, 1024, 64 << 20),
             max_id_bytes: check.int(root, "max_id_bytes", d.max_id_bytes, 8, 4096),
@@ -236,20 +229,36 @@ impl Checker {
     }
 
     /// A number in `[min, max]`, or `(min, max]` when `min_inclusive` is false.
-    fn float(&mut self, map: &Map<String, Value>, path: &str, default: f64, min: f64, max: f64, min_inclusive: bool) -> f64 {
+    fn float(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+        default: f64,
+        min: f64,
+        max: f64,
+        min_inclusive: bool,
+    ) -> f64 {
         let Some(value) = Self::leaf(map, path) else { return default };
         let number = value.as_f64().or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()));
         let open = if min_inclusive { "[" } else { "(" };
         match number {
             Some(n) if n.is_finite() && n <= max && (n > min || (min_inclusive && n == min)) => n,
             _ => {
-                self.problems.push(format!("{path} = {value} is out of range: must be a number in {open}{min}, {max}]"));
+                self.problems
+                    .push(format!("{path} = {value} is out of range: must be a number in {open}{min}, {max}]"));
                 default
             }
         }
     }
 
-    fn int<T: TryFrom<u64> + Copy>(&mut self, map: &Map<String, Value>, path: &str, default: T, min: u64, max: u64) -> T {
+    fn int<T: TryFrom<u64> + Copy>(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+        default: T,
+        min: u64,
+        max: u64,
+    ) -> T {
         let Some(value) = Self::leaf(map, path) else { return default };
         let number = value.as_u64().or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()));
         match number.filter(|n| (min..=max).contains(n)).and_then(|n| T::try_from(n).ok()) {

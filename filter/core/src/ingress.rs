@@ -136,7 +136,10 @@ mod tests {
         assert_eq!(q("/v1/metrics?cluster_id=%zz"), bad);
         assert_eq!(q("/v1/metrics?cluster_id=%4"), bad);
         assert_eq!(q("/v1/metrics?cluster_id=%ff"), bad);
-        assert_eq!(q("/v1/metrics?cluster_id=aaaaaaaaaaaaaaaaa"), Err(FleetError::IdTooLong { name: "cluster_id", limit: 16 }));
+        assert_eq!(
+            q("/v1/metrics?cluster_id=aaaaaaaaaaaaaaaaa"),
+            Err(FleetError::IdTooLong { name: "cluster_id", limit: 16 })
+        );
     }
 
     #[test]

@@ -160,7 +160,10 @@ pub(crate) mod tests {
         assert_eq!(metrics[0].points[0].value, PointValue::Double(0.93));
         assert_eq!(metrics[0].points[0].time_unix_nano, 1_700_000_000_000_000_000);
         assert_eq!(metrics[2].points[0].value, PointValue::Int(12));
-        assert_eq!(attribute(&from_json.resource_metrics[0].attributes, "ingero.world_size").and_then(AnyValue::as_i64), Some(8));
+        assert_eq!(
+            attribute(&from_json.resource_metrics[0].attributes, "ingero.world_size").and_then(AnyValue::as_i64),
+            Some(8)
+        );
     }
 
     #[test]
@@ -187,13 +190,22 @@ pub(crate) mod tests {
     #[test]
     fn bad_shapes_are_whole_request_errors() {
         for body in ["", "[]", "{\"resourceMetrics\":{}}", "{\"resourceMetrics\":[", "nul", "\"x\""] {
-            assert!(matches!(ExportRequest::decode(BodyFormat::Json, body.as_bytes()), Err(FleetError::BadJson(_))), "{body}");
+            assert!(
+                matches!(ExportRequest::decode(BodyFormat::Json, body.as_bytes()), Err(FleetError::BadJson(_))),
+                "{body}"
+            );
         }
         let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
         let body = format!("{{\"resourceMetrics\":[{{\"resource\":{{\"attributes\":[{{\"key\":\"k\",\"value\":{{\"arrayValue\":{deep}}}}}]}}}}]}}");
         assert!(matches!(ExportRequest::decode(BodyFormat::Json, body.as_bytes()), Err(FleetError::BadJson(_))));
-        assert!(matches!(ExportRequest::decode(BodyFormat::Json, b"{\"resourceMetrics\":[]}\xff"), Err(FleetError::BadJson(_))));
-        assert!(matches!(ExportRequest::decode(BodyFormat::Protobuf, b"\x0a\x05\x01"), Err(FleetError::BadProtobuf(_))));
+        assert!(matches!(
+            ExportRequest::decode(BodyFormat::Json, b"{\"resourceMetrics\":[]}\xff"),
+            Err(FleetError::BadJson(_))
+        ));
+        assert!(matches!(
+            ExportRequest::decode(BodyFormat::Protobuf, b"\x0a\x05\x01"),
+            Err(FleetError::BadProtobuf(_))
+        ));
     }
 
     #[test]

@@ -119,8 +119,7 @@ fn resource_cluster(attributes: &[KeyValue]) -> Option<&str> {
 
 fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, config: &Config, batch: &mut PushBatch) {
     let attrs = &resource.attributes;
-    let score_points: usize =
-        resource.metrics.iter().filter(|m| m.name == HEALTH_SCORE).map(|m| m.points.len()).sum();
+    let score_points: usize = resource.metrics.iter().filter(|m| m.name == HEALTH_SCORE).map(|m| m.points.len()).sum();
     batch.straggler_events +=
         resource.metrics.iter().filter(|m| m.name == STRAGGLER_EVENT).map(|m| m.points.len() as u64).sum::<u64>();
 
@@ -129,7 +128,9 @@ fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, conf
         return;
     };
     if cluster.len() > config.max_id_bytes {
-        batch.reject(score_points, || format!("ingero.cluster.id is longer than max_id_bytes ({})", config.max_id_bytes));
+        batch.reject(score_points, || {
+            format!("ingero.cluster.id is longer than max_id_bytes ({})", config.max_id_bytes)
+        });
         return;
     }
     let node = attribute(attrs, "ingero.node.id").and_then(AnyValue::as_str).unwrap_or("");
@@ -162,9 +163,7 @@ fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, conf
             Some(value) => match value.as_str().and_then(NodeState::parse) {
                 Some(state) => state,
                 None => {
-                    batch.reject(1, || {
-                        format!("node {node}: ingero.node.state must be active, calibrating or idle")
-                    });
+                    batch.reject(1, || format!("node {node}: ingero.node.state must be active, calibrating or idle"));
                     continue;
                 }
             },
@@ -207,7 +206,8 @@ fn details(attrs: &[KeyValue], metrics: &[Metric]) -> NodeDetails {
                 d.gpu_count = int(&point.attributes, "gpu_count").or(d.gpu_count);
             }
             DETECTION_MODE => {
-                d.detection_mode = text(&point.attributes, "ingero.detection_mode").or_else(|| text(&point.attributes, "mode"));
+                d.detection_mode =
+                    text(&point.attributes, "ingero.detection_mode").or_else(|| text(&point.attributes, "mode"));
             }
             WORLD_SIZE_GAUGE => d.world_size = value.map(|v| v as i64).or(d.world_size),
             name => {

@@ -160,15 +160,7 @@ impl<S: SharedStore> Fleet<S> {
 
     /// Stores a push's valid points and answers it.
     pub fn on_body(&self, push: &PendingPush, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
-        match self.store_push(push, body, now_ms) {
-            Ok((reply, outcome, cohort)) => {
-                let cluster = push.cluster.as_deref().or(cohort.as_ref().map(|(c, _)| c.as_str()));
-                let cohort = cohort.as_ref().map_or("", |(_, h)| h.as_str());
-                let threshold = cluster.and_then(|c| book.threshold(c, cohort));
-                Answer { reply: reply.with_piggyback(threshold), outcome }
-            }
-            Err(e) => refused(push.format, &e, push.piggyback(book)),
-        }
+        self.store_push(push, body, now_ms, book).unwrap_or_else(|e| refused(push.format, &e, push.piggyback(book)))
     }
 
     /// Once per tick on every worker: the first caller in each push interval
@@ -207,8 +199,14 @@ impl<S: SharedStore> Fleet<S> {
         }
     }
 
-    /// Decodes and stores; returns the reply, the outcome and the first scored cohort.
-    fn store_push(&self, push: &PendingPush, body: &[u8], now_ms: u64) -> Result<(Reply, Outcome, Option<(String, String)>), FleetError> {
+    /// Decodes and stores; the answer piggybacks the first scored cohort's threshold.
+    fn store_push(
+        &self,
+        push: &PendingPush,
+        body: &[u8],
+        now_ms: u64,
+        book: &ThresholdBook,
+    ) -> Result<Answer, FleetError> {
         if body.is_empty() {
             return Err(FleetError::EmptyBody);
         }
@@ -241,8 +239,14 @@ impl<S: SharedStore> Fleet<S> {
                 format!("new nodes past max_expected_nodes ({}) are not tracked", self.config.max_expected_nodes)
             });
         }
-        let cohort = batch.scores.first().map(|s| (s.cluster.clone(), s.cohort.clone()));
-        Ok((Reply::pushed(push.format, rejected, message.as_deref()), outcome, cohort))
+        let threshold = match batch.scores.first() {
+            Some(first) => book.threshold(&first.cluster, &first.cohort),
+            None => push.piggyback(book),
+        };
+        Ok(Answer {
+            reply: Reply::pushed(push.format, rejected, message.as_deref()).with_piggyback(threshold),
+            outcome,
+        })
     }
 
     /// Takes the recompute of `epoch` if no worker has; true when this caller won.
@@ -287,3 +291,6 @@ fn book_key() -> String {
 fn store_error(e: StoreError) -> FleetError {
     FleetError::SharedData(e.to_string())
 }
+
+#[cfg(test)]
+mod tests;

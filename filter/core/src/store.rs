@@ -28,9 +28,12 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<(), StoreError>;
 }
 
+/// One lock's share of the keys: value and version by key.
+type Stripe = HashMap<String, (Vec<u8>, u32)>;
+
 /// An in-process store with Envoy's semantics, striped so threads rarely contend.
 pub struct MemoryStore {
-    stripes: Vec<Mutex<HashMap<String, (Vec<u8>, u32)>>>,
+    stripes: Vec<Mutex<Stripe>>,
     next_version: AtomicU32,
 }
 
@@ -43,7 +46,7 @@ impl MemoryStore {
         }
     }
 
-    fn stripe(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<u8>, u32)>> {
+    fn stripe(&self, key: &str) -> std::sync::MutexGuard<'_, Stripe> {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
         let index = (h.finish() % self.stripes.len() as u64) as usize;

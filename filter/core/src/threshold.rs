@@ -94,7 +94,13 @@ impl ThresholdBook {
     }
 }
 
-fn snapshot(cluster: &str, cohort: &str, records: &[&NodeRecord], previous: Option<f64>, config: &Config) -> ThresholdSnapshot {
+fn snapshot(
+    cluster: &str,
+    cohort: &str,
+    records: &[&NodeRecord],
+    previous: Option<f64>,
+    config: &Config,
+) -> ThresholdSnapshot {
     let mut active: Vec<f64> = records.iter().filter(|r| r.state == NodeState::Active).map(|r| r.score).collect();
     let active_nodes = active.len() as u32;
     let scores = active.clone();
@@ -107,7 +113,8 @@ fn snapshot(cluster: &str, cohort: &str, records: &[&NodeRecord], previous: Opti
         smoothed.clamp(THRESHOLD_RANGE.0, THRESHOLD_RANGE.1)
     });
     let stragglers = threshold.map_or(0, |t| scores.iter().filter(|s| *s + STRAGGLER_EPSILON < t).count() as u32);
-    let world_size = records.iter().filter_map(|r| r.details.world_size).max().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+    let world_size =
+        records.iter().filter_map(|r| r.details.world_size).max().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
     ThresholdSnapshot {
         cluster: cluster.to_owned(),
         cohort: cohort.to_owned(),

@@ -99,4 +99,3 @@ pub fn now_ms() -> u64 {
     let now = proxy_wasm::hostcalls::get_current_time().unwrap_or(UNIX_EPOCH);
     now.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
-

@@ -194,7 +194,10 @@ impl Lenient {
                 "Infinity" => PointValue::Double(f64::INFINITY),
                 "-Infinity" => PointValue::Double(f64::NEG_INFINITY),
                 _ => match t.trim().parse::<f64>() {
-                    Ok(v) if !t.trim().is_empty() && t.trim().bytes().all(|b| b.is_ascii_digit() || b".+-eE".contains(&b)) => {
+                    Ok(v)
+                        if !t.trim().is_empty()
+                            && t.trim().bytes().all(|b| b.is_ascii_digit() || b".+-eE".contains(&b)) =>
+                    {
                         PointValue::Double(v)
                     }
                     _ => PointValue::Invalid(format!("the string {t:?}")),

@@ -1,0 +1,189 @@
+//! The whole request flow of the core against an in-memory store.
+
+use super::*;
+use crate::otlp::tests::agent_json;
+use crate::reply::{COLD_START_BODY, QUORUM_HEADER, THRESHOLD_HEADER};
+use crate::store::MemoryStore;
+
+const PUSH_INTERVAL_MS: u64 = 10_000;
+
+fn fleet() -> Fleet<MemoryStore> {
+    let fleet = Fleet::new(Config::default(), MemoryStore::default());
+    assert_eq!(fleet.init(), Ok(()));
+    fleet
+}
+
+fn head<'a>(method: &'a str, path: &'a str, content_type: Option<&'a str>) -> RequestHead<'a> {
+    RequestHead { method, path, content_type, content_encoding: None, content_length: None }
+}
+
+/// Sends a request through both stages, as a front door would.
+fn send(fleet: &Fleet<MemoryStore>, head: RequestHead, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
+    match fleet.on_head(&head, book) {
+        HeadStep::Pass => Answer { reply: Reply::threshold(None), outcome: Outcome::default() },
+        HeadStep::Answer(answer) => answer,
+        HeadStep::ReadBody(push) => fleet.on_body(&push, body, now_ms, book),
+    }
+}
+
+fn push(fleet: &Fleet<MemoryStore>, cluster: &str, node: &str, score: f64, now_ms: u64) -> Answer {
+    let path = format!("/v1/metrics?cluster_id={cluster}");
+    let body = agent_json(node, &score.to_string());
+    send(fleet, head("POST", &path, Some("application/json")), body.as_bytes(), now_ms, &ThresholdBook::default())
+}
+
+fn query(fleet: &Fleet<MemoryStore>, cluster: &str, book: &ThresholdBook) -> String {
+    let path = format!("/api/v1/threshold?cluster_id={cluster}");
+    let answer = send(fleet, head("GET", &path, None), &[], 0, book);
+    String::from_utf8_lossy(&answer.reply.body).into_owned()
+}
+
+#[test]
+fn cold_start_then_quorum() {
+    let fleet = fleet();
+    let book = ThresholdBook::default();
+    assert_eq!(query(&fleet, "c1", &book), COLD_START_BODY);
+    for (i, score) in [0.9, 0.5, 0.95, 0.8].iter().enumerate() {
+        assert_eq!(push(&fleet, "c1", &format!("n{i}"), *score, 1_000).reply.status, 200);
+    }
+    let book = fleet.tick(PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    assert_eq!(query(&fleet, "c1", &book), COLD_START_BODY, "4 of 5 nodes: no quorum");
+    let _ = push(&fleet, "c1", "n4", 0.92, 2_000);
+    assert_eq!(fleet.tick(PUSH_INTERVAL_MS + 1), Ok(None), "one recompute per interval");
+    let book = fleet.tick(2 * PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    let expected = 0.9 - 2.0 * 1.4826 * 0.05;
+    assert!(book.threshold("c1", "").is_some_and(|t| (t - expected).abs() < 1e-12));
+    let answer: serde_json::Value = serde_json::from_str(&query(&fleet, "c1", &book)).unwrap_or_default();
+    assert!(answer["threshold"].as_f64().is_some_and(|t| (t - expected).abs() < 1e-12), "{answer}");
+    assert_eq!(answer["quorum_met"], true);
+    assert_eq!(query(&fleet, "other", &book), COLD_START_BODY);
+    assert_eq!(fleet.published_book(None).ok().flatten().map(|(b, _)| b), Some(book));
+}
+
+#[test]
+fn push_answers_carry_the_threshold_once_there_is_one() {
+    let fleet = fleet();
+    for i in 0..5 {
+        let answer = push(&fleet, "c1", &format!("n{i}"), 0.9, 0);
+        assert_eq!(answer.reply.header(THRESHOLD_HEADER), None, "never 0 before quorum");
+        assert!(answer.outcome.accepted_push);
+    }
+    let book = fleet.tick(PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    let body = agent_json("n0", "0.9");
+    let answer =
+        send(&fleet, head("POST", "/v1/metrics?cluster_id=c1", Some("application/json")), body.as_bytes(), 1, &book);
+    assert_eq!(answer.reply.header(THRESHOLD_HEADER), Some("0.9"));
+    assert_eq!(answer.reply.header(QUORUM_HEADER), Some("true"));
+    let bad = send(&fleet, head("POST", "/v1/metrics?cluster_id=c1", Some("text/plain")), b"x", 1, &book);
+    assert_eq!((bad.reply.status, bad.reply.header(THRESHOLD_HEADER)), (415, Some("0.9")), "errors piggyback too");
+}
+
+#[test]
+fn nodes_expire_after_the_ttl() {
+    let fleet = fleet();
+    for i in 0..5 {
+        let _ = push(&fleet, "c1", &format!("n{i}"), 0.9, 0);
+    }
+    let ttl = fleet.config().node_ttl_ms();
+    let at_edge = (ttl / PUSH_INTERVAL_MS) * PUSH_INTERVAL_MS;
+    let book = fleet.tick(at_edge).ok().flatten().unwrap_or_default();
+    assert_eq!(book.cohort("c1", "").map(|s| s.active_nodes), Some(5));
+    let book = fleet.tick(at_edge + PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    assert_eq!(book.cohort("c1", ""), None);
+    assert_eq!(fleet.registry().tracked_nodes(), Ok(0));
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let fleet = fleet();
+    for i in 0..5 {
+        let _ = push(&fleet, "c1", &format!("n{i}"), 0.9, 0);
+    }
+    let before = fleet.registry().records();
+    let json = Some("application/json");
+    let big = vec![b' '; fleet.config().max_body_bytes + 1];
+    let cases: Vec<(RequestHead, &[u8], u16, &str)> = vec![
+        (
+            head("POST", "/v1/metrics", json),
+            agent_json("n0", "0.1").replace("ingero.cluster.id", "x").into_bytes().leak(),
+            400,
+            "cluster_id is missing",
+        ),
+        (head("POST", "/v1/metrics", json), b"{\"resourceMetrics\":[]}", 400, "cluster_id is missing"),
+        (head("POST", "/v1/metrics?cluster_id=c1", json), b"{\"resourceMetrics\":[{", 400, "invalid OTLP JSON"),
+        (head("POST", "/v1/metrics?cluster_id=c1", json), b"", 400, "body is empty"),
+        (head("POST", "/v1/metrics?cluster_id=%zz", json), b"{}", 400, "percent-encoded"),
+        (head("POST", "/v1/metrics?cluster_id=c1", json), &big, 413, "max_body_bytes"),
+        (head("POST", "/v1/metrics?cluster_id=c1", Some("text/csv")), b"a,b", 415, "Content-Type"),
+        (head("POST", "/v1/metrics?cluster_id=c1", None), b"{}", 415, "Content-Type"),
+        (head("GET", "/v1/metrics?cluster_id=c1", None), b"", 405, "use POST"),
+        (head("POST", "/api/v1/threshold?cluster_id=c1", json), b"", 405, "use GET"),
+        (head("GET", "/api/v1/threshold", None), b"", 400, "cluster_id is missing"),
+        (
+            RequestHead { content_encoding: Some("br"), ..head("POST", "/v1/metrics?cluster_id=c1", json) },
+            b"{}",
+            415,
+            "Content-Encoding",
+        ),
+        (
+            RequestHead { content_encoding: Some("gzip"), ..head("POST", "/v1/metrics?cluster_id=c1", json) },
+            b"not gzip",
+            400,
+            "gzip",
+        ),
+    ];
+    for (head, body, status, message) in cases {
+        let answer = send(&fleet, head, body, 5, &ThresholdBook::default());
+        let text = String::from_utf8_lossy(&answer.reply.body).into_owned();
+        assert_eq!(answer.reply.status, status, "{} {}: {text}", head.method, head.path);
+        assert!(text.contains(message), "{text} should name {message}");
+        assert!(!answer.outcome.accepted_push);
+    }
+    assert_eq!(fleet.registry().records(), before);
+}
+
+#[test]
+fn other_paths_pass_through() {
+    let fleet = fleet();
+    assert_eq!(fleet.on_head(&head("GET", "/healthz", None), &ThresholdBook::default()), HeadStep::Pass);
+}
+
+#[test]
+fn empty_push_is_accepted_and_counted() {
+    let fleet = fleet();
+    let answer = send(
+        &fleet,
+        head("POST", "/v1/metrics?cluster_id=test-hash", Some("application/json")),
+        b"{\"resourceMetrics\":[]}",
+        0,
+        &ThresholdBook::default(),
+    );
+    assert_eq!((answer.reply.status, answer.reply.body.as_slice()), (200, &b"{}"[..]));
+    assert!(answer.outcome.accepted_push);
+}
+
+#[test]
+fn partial_rejections_keep_the_good_points() {
+    let fleet = fleet();
+    let answer = push(&fleet, "c1", "n1", 1.5, 0);
+    assert_eq!(answer.reply.status, 200);
+    assert!(String::from_utf8_lossy(&answer.reply.body).contains("\"rejectedDataPoints\":\"1\""));
+    assert_eq!(answer.outcome.drops, vec![(DropReason::InvalidPoint, 1)]);
+    assert_eq!(fleet.registry().records().map(|r| r.len()), Ok(0));
+}
+
+#[test]
+fn the_node_cap_is_counted_not_crashed() {
+    let config = Config { max_expected_nodes: 3, ..Config::default() };
+    let fleet = Fleet::new(config, MemoryStore::default());
+    let _ = fleet.init();
+    for i in 0..5 {
+        let answer = push(&fleet, "c1", &format!("n{i}"), 0.9, 0);
+        assert_eq!(answer.reply.status, 200);
+        if i >= 3 {
+            assert_eq!(answer.outcome.drops, vec![(DropReason::MaxExpectedNodes, 1)]);
+            assert!(String::from_utf8_lossy(&answer.reply.body).contains("max_expected_nodes"));
+        }
+    }
+    assert_eq!(fleet.registry().tracked_nodes(), Ok(3));
+}
