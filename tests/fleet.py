@@ -7,6 +7,7 @@ import copy
 import http.client
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -129,12 +130,11 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, what: str 
 
 # === Envoy ===
 
-def render_envoy(plugin_config: dict, push_port: int, api_port: int, admin_port: int,
+def render_envoy(plugin_config: dict, ports: dict, admin_port: int,
                  template: Path = ROOT / "envoy/envoy.yaml") -> dict:
-    """envoy/envoy.yaml with test ports, the built filter and a plugin configuration."""
+    """envoy/envoy.yaml with test ports (by listener name), the built filter and a plugin configuration."""
     config = yaml.safe_load(template.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    ports = {"otlp_http": push_port, "api": api_port}
     for listener in config["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["address"] = "127.0.0.1"
         listener["address"]["socket_address"]["port_value"] = ports[listener["name"]]
@@ -208,8 +208,31 @@ class Envoy:
                 self.process.wait()
 
 
-def fleet_envoy(plugin_config: dict | None = None, concurrency: int = 2) -> tuple[Envoy, int, int]:
-    """An Envoy running the filter; returns it with its push and API ports."""
-    push_port, api_port, admin_port = free_port(), free_port(), free_port()
-    config = render_envoy(copy.deepcopy(plugin_config or {}), push_port, api_port, admin_port)
-    return Envoy(config, concurrency=concurrency), push_port, api_port
+@dataclass
+class Ports:
+    push: int
+    api: int
+    metrics: int
+
+
+def fleet_envoy(plugin_config: dict | None = None, concurrency: int = 2) -> tuple[Envoy, Ports]:
+    """An Envoy running the filter, and its push, API and metrics ports."""
+    ports = Ports(free_port(), free_port(), free_port())
+    by_listener = {"otlp_http": ports.push, "api": ports.api, "metrics": ports.metrics}
+    config = render_envoy(copy.deepcopy(plugin_config or {}), by_listener, free_port())
+    return Envoy(config, concurrency=concurrency), ports
+
+
+def scrape(port: int) -> dict:
+    """GET /metrics as {'name{labels}': value}, checking the text format line by line."""
+    r = request(port, "GET", "/metrics")
+    assert r.status == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for line in r.body.decode().splitlines():
+        if line.startswith("#"):
+            assert re.fullmatch(r"# (HELP|TYPE) [a-z_]+ .+", line), line
+            continue
+        name, _, value = line.rpartition(" ")
+        assert re.fullmatch(r'[a-z_]+(\{([a-z_]+="([^"\\]|\\.)*",?)*\})?', name), line
+        samples[name] = float(value)
+    return samples

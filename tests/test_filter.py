@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fleet import (COLD_START, agent_push, expected_threshold, fleet_envoy, push, request,
-                   threshold, wait_for)
+                   scrape, threshold, wait_for)
 
 # Short intervals so thresholds and expiry happen within seconds; alpha 1 makes
 # the published threshold the raw one, so the test can compute it exactly.
@@ -24,9 +24,9 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def fleet():
-    envoy, push_port, api_port = fleet_envoy(CONFIG, concurrency=4)
+    envoy, ports = fleet_envoy(CONFIG, concurrency=4)
     with envoy:
-        yield envoy, push_port, api_port
+        yield envoy, ports.push, ports.api, ports.metrics
 
 
 def push_all(port, cluster, scores, prefix="n"):
@@ -53,7 +53,7 @@ def wait_threshold(api_port, cluster, expected, active):
 
 
 def test_cold_start_and_unknown_cluster_are_byte_exact(fleet):
-    _, _, api_port = fleet
+    _, _, api_port, _ = fleet
     r = threshold(api_port, "never-seen")
     assert (r.status, r.body) == (200, COLD_START)
     assert r.headers["content-type"] == "application/json"
@@ -61,7 +61,7 @@ def test_cold_start_and_unknown_cluster_are_byte_exact(fleet):
 
 
 def test_three_clusters_aggregate_across_workers(fleet):
-    envoy, push_port, api_port = fleet
+    envoy, push_port, api_port, _ = fleet
     rng = random.Random(7)
     clusters = {
         "alpha": [round(rng.uniform(0.7, 1.0), 4) for _ in range(30)] + [0.31, 0.42],
@@ -96,16 +96,32 @@ def test_three_clusters_aggregate_across_workers(fleet):
 
 
 def test_empty_push_is_accepted_and_counted(fleet):
-    envoy, push_port, _ = fleet
-    before = envoy.stat("wasmcustom.ingero_fleet_total_pushes")
+    envoy, push_port, _, metrics_port = fleet
+    before = scrape(metrics_port)["ingero_fleet_total_pushes"]
     for _ in range(10):
         r = push(push_port, "test-hash", b'{"resourceMetrics":[]}')
         assert (r.status, r.body) == (200, b"{}")
-    assert envoy.stat("wasmcustom.ingero_fleet_total_pushes") - before == 10
+    assert scrape(metrics_port)["ingero_fleet_total_pushes"] - before == 10
+    assert envoy.stat("wasmcustom.ingero_fleet_total_pushes") == scrape(metrics_port)["ingero_fleet_total_pushes"]
+
+
+def test_metrics_show_each_cohort(fleet):
+    _, push_port, api_port, metrics_port = fleet
+    scores = [0.7, 0.75, 0.8, 0.85, 0.9, 0.2]
+    push_all(push_port, "scraped", scores)
+    body = wait_threshold(api_port, "scraped", expected_threshold(scores), 6)
+    labels = '{cluster_id="scraped",cgroup_path_hash=""}'
+    samples = wait_for(lambda: (m := scrape(metrics_port)).get("ingero_fleet_active_nodes" + labels) and m,
+                       what="cohort metrics")
+    assert samples["ingero_fleet_active_nodes" + labels] == 6
+    assert samples["ingero_fleet_median" + labels] == pytest.approx(0.775)
+    assert samples["ingero_fleet_threshold" + labels] == pytest.approx(body["threshold"])
+    assert samples["ingero_fleet_straggler_count" + labels] == body["stragglers"] == 1
+    assert samples['ingero_fleet_dropped_total{reason="bad_request"}'] >= 0
 
 
 def test_nodes_expire_after_the_ttl(fleet):
-    _, push_port, api_port = fleet
+    _, push_port, api_port, _ = fleet
     scores = [0.9, 0.91, 0.92, 0.93, 0.94]
     push_all(push_port, "ephemeral", scores)
     wait_threshold(api_port, "ephemeral", expected_threshold(scores), 5)
@@ -115,7 +131,7 @@ def test_nodes_expire_after_the_ttl(fleet):
 
 
 def test_bad_input_is_refused_and_changes_nothing(fleet):
-    envoy, push_port, api_port = fleet
+    envoy, push_port, api_port, _ = fleet
     scores = [0.9, 0.88, 0.93, 0.86, 0.91, 0.89]
     push_all(push_port, "control", scores)
     before = wait_threshold(api_port, "control", expected_threshold(scores), 6)
@@ -158,7 +174,7 @@ def test_bad_input_is_refused_and_changes_nothing(fleet):
 
 
 def test_error_answers_carry_the_threshold_of_a_known_cluster(fleet):
-    _, push_port, api_port = fleet
+    _, push_port, api_port, _ = fleet
     scores = [0.8, 0.82, 0.84, 0.86, 0.88]
     push_all(push_port, "known", scores)
     body = wait_threshold(api_port, "known", expected_threshold(scores), 5)

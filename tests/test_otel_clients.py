@@ -13,9 +13,9 @@ from fleet import expected_threshold, fleet_envoy, threshold, wait_for
 
 @pytest.fixture(scope="module")
 def fleet():
-    envoy, push_port, api_port = fleet_envoy({"push_interval": "1s", "threshold": {"ema_alpha": 1.0}})
+    envoy, ports = fleet_envoy({"push_interval": "1s", "threshold": {"ema_alpha": 1.0}})
     with envoy:
-        yield envoy, push_port, api_port
+        yield envoy, ports.push, ports.api
 
 
 def export_score(endpoint: str, node: str, cluster: str, score: float, **exporter_args) -> bool:

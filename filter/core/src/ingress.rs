@@ -11,12 +11,15 @@ use std::io::Read;
 pub const PUSH_PATH: &str = "/v1/metrics";
 /// The threshold API path.
 pub const THRESHOLD_PATH: &str = "/api/v1/threshold";
+/// The Prometheus scrape path.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// The requests Fleet answers itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Push,
     Threshold,
+    Metrics,
 }
 
 impl Route {
@@ -25,6 +28,7 @@ impl Route {
         match path.split_once('?').map_or(path, |(p, _)| p) {
             PUSH_PATH => Some(Self::Push),
             THRESHOLD_PATH => Some(Self::Threshold),
+            METRICS_PATH => Some(Self::Metrics),
             _ => None,
         }
     }
@@ -33,7 +37,7 @@ impl Route {
     pub fn method(self) -> &'static str {
         match self {
             Self::Push => "POST",
-            Self::Threshold => "GET",
+            Self::Threshold | Self::Metrics => "GET",
         }
     }
 }

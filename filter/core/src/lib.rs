@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod ingress;
+pub mod metrics;
 pub mod otlp;
 pub mod push;
 pub mod registry;
@@ -19,6 +20,7 @@ pub mod threshold;
 
 pub use config::Config;
 pub use error::FleetError;
+pub use metrics::{CounterSink, MemoryCounters};
 pub use service::{Answer, Fleet, HeadStep, Outcome, PendingPush, RequestHead};
 pub use store::{MemoryStore, SharedStore, StoreError};
 pub use threshold::{ThresholdBook, ThresholdSnapshot};

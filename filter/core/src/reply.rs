@@ -53,6 +53,11 @@ impl Reply {
         Self::new(200, JSON, body.into_bytes())
     }
 
+    /// A Prometheus scrape.
+    pub fn metrics(text: String) -> Self {
+        Self::new(200, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
+    }
+
     /// An accepted push: an empty `ExportMetricsServiceResponse`, or `partialSuccess`.
     pub fn pushed(format: BodyFormat, rejected: u64, message: Option<&str>) -> Self {
         let partial = (rejected > 0).then(|| ExportMetricsPartialSuccess {

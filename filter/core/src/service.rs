@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::error::FleetError;
 use crate::ingress::{body_format, is_gzip, query_param, unpack_body, Route};
+use crate::metrics::{self, CounterSink};
 use crate::otlp::{BodyFormat, ExportRequest};
 use crate::push::{extract, names_a_cluster};
 use crate::registry::{Admission, Registry, KEY_PREFIX};
@@ -84,16 +85,22 @@ pub struct PendingPush {
     gzip: bool,
 }
 
-/// The Fleet service over a shared store.
-pub struct Fleet<S> {
+/// The Fleet service over a shared store, counting into a counter sink.
+pub struct Fleet<S, C> {
     config: Config,
     store: S,
+    counters: C,
 }
 
-impl<S: SharedStore> Fleet<S> {
+impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// A service; call [`Fleet::init`] once before serving.
-    pub fn new(config: Config, store: S) -> Self {
-        Self { config, store }
+    pub fn new(config: Config, store: S, counters: C) -> Self {
+        Self { config, store, counters }
+    }
+
+    /// The counters this service records into.
+    pub fn counters(&self) -> &C {
+        &self.counters
     }
 
     /// The configuration in force.
@@ -119,6 +126,14 @@ impl<S: SharedStore> Fleet<S> {
 
     /// Decides from the head alone: pass, answer, or read the body.
     pub fn on_head(&self, head: &RequestHead, book: &ThresholdBook) -> HeadStep {
+        let step = self.decide(head, book);
+        if let HeadStep::Answer(answer) = &step {
+            answer.outcome.record(&self.counters);
+        }
+        step
+    }
+
+    fn decide(&self, head: &RequestHead, book: &ThresholdBook) -> HeadStep {
         let Some(route) = Route::of(head.path) else { return HeadStep::Pass };
         let cluster = query_param(head.path, "cluster_id", self.config.max_id_bytes);
         let piggyback = cluster.as_ref().ok().and_then(Option::as_deref).and_then(|c| book.threshold(c, ""));
@@ -134,6 +149,11 @@ impl<S: SharedStore> Fleet<S> {
         };
         match route {
             Route::Threshold => self.threshold(head.path, cluster, book),
+            Route::Metrics => {
+                let tracked = self.registry().tracked_nodes().unwrap_or(0);
+                let text = metrics::render(&self.counters, book, tracked);
+                HeadStep::Answer(Answer { reply: Reply::metrics(text), outcome: Outcome::default() })
+            }
             Route::Push => {
                 let checked = body_format(head.content_type).and_then(|format| {
                     let gzip = is_gzip(head.content_encoding)?;
@@ -155,12 +175,20 @@ impl<S: SharedStore> Fleet<S> {
     /// The answer when a body grows past `max_body_bytes` while arriving.
     pub fn body_too_large(&self, push: &PendingPush, book: &ThresholdBook) -> Answer {
         let error = FleetError::BodyTooLarge { limit: self.config.max_body_bytes };
-        refused(push.format, &error, push.piggyback(book))
+        self.counted(refused(push.format, &error, push.piggyback(book)))
     }
 
     /// Stores a push's valid points and answers it.
     pub fn on_body(&self, push: &PendingPush, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
-        self.store_push(push, body, now_ms, book).unwrap_or_else(|e| refused(push.format, &e, push.piggyback(book)))
+        let answer = self
+            .store_push(push, body, now_ms, book)
+            .unwrap_or_else(|e| refused(push.format, &e, push.piggyback(book)));
+        self.counted(answer)
+    }
+
+    fn counted(&self, answer: Answer) -> Answer {
+        answer.outcome.record(&self.counters);
+        answer
     }
 
     /// Once per tick on every worker: the first caller in each push interval

@@ -18,7 +18,6 @@ impl FleetHttp {
     }
 
     fn answer(&self, answer: Answer) -> Action {
-        self.worker.counters.record(&answer.outcome);
         let reply = answer.reply;
         let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body)) {

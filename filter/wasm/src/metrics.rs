@@ -1,56 +1,36 @@
-//! Fleet's counters as proxy-wasm metrics: Envoy sums them over every worker.
+//! Fleet's counters as proxy-wasm metrics: Envoy sums them over every worker,
+//! and any worker can read the total back for `/metrics`.
 
-use ingero_fleet_core::service::{DropReason, Outcome};
+use ingero_fleet_core::metrics::{Counter, CounterSink, COUNTERS};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-/// Every `reason` label of `ingero_fleet_dropped_total`, each its own Envoy counter.
-const DROP_REASONS: [DropReason; 7] = [
-    DropReason::InvalidPoint,
-    DropReason::MaxExpectedNodes,
-    DropReason::Refused(400),
-    DropReason::Refused(405),
-    DropReason::Refused(413),
-    DropReason::Refused(415),
-    DropReason::Refused(503),
-];
-
-/// Counter ids, defined once per VM.
-pub struct Counters {
-    total_pushes: Option<u32>,
-    straggler_events: Option<u32>,
-    dropped: Vec<(DropReason, Option<u32>)>,
+/// Envoy counter ids, defined once per VM (Envoy names them `wasmcustom.<name>`).
+pub struct HostCounters {
+    ids: Vec<(Counter, Option<u32>)>,
 }
 
-impl Counters {
+impl HostCounters {
     /// Defines (or looks up) every counter.
     pub fn define() -> Self {
-        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
-        Self {
-            total_pushes: counter("ingero_fleet_total_pushes"),
-            straggler_events: counter("ingero_fleet_straggler_events_total"),
-            dropped: DROP_REASONS
-                .iter()
-                .map(|r| (*r, counter(&format!("ingero_fleet_dropped_total.reason.{}", r.label()))))
-                .collect(),
-        }
+        let ids =
+            COUNTERS.iter().map(|c| (*c, hostcalls::define_metric(MetricType::Counter, &c.flat_name()).ok())).collect();
+        Self { ids }
     }
 
-    /// Counts what one request did.
-    pub fn record(&self, outcome: &Outcome) {
-        if outcome.accepted_push {
-            add(self.total_pushes, 1);
-        }
-        add(self.straggler_events, outcome.straggler_events);
-        for (reason, count) in &outcome.drops {
-            let id = self.dropped.iter().find(|(r, _)| r == reason).and_then(|(_, id)| *id);
-            add(id, *count);
-        }
+    fn id(&self, counter: Counter) -> Option<u32> {
+        self.ids.iter().find(|(c, _)| *c == counter).and_then(|(_, id)| *id)
     }
 }
 
-fn add(id: Option<u32>, count: u64) {
-    if let (Some(id), true) = (id, count > 0) {
-        let _ = hostcalls::increment_metric(id, i64::try_from(count).unwrap_or(i64::MAX));
+impl CounterSink for HostCounters {
+    fn add(&self, counter: Counter, n: u64) {
+        if let Some(id) = self.id(counter) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn value(&self, counter: Counter) -> u64 {
+        self.id(counter).and_then(|id| hostcalls::get_metric(id).ok()).unwrap_or(0)
     }
 }

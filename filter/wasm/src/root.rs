@@ -1,7 +1,7 @@
 //! The root context: configuration, the periodic recompute, the worker's book.
 
 use crate::http::FleetHttp;
-use crate::metrics::Counters;
+use crate::metrics::HostCounters;
 use crate::shared_data::HostSharedData;
 use ingero_fleet_core::{Config, Fleet, ThresholdBook};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -13,8 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 /// What one worker's contexts share: the service, its counters and the
 /// last threshold book this worker has seen.
 pub struct Worker {
-    pub fleet: Fleet<HostSharedData>,
-    pub counters: Counters,
+    pub fleet: Fleet<HostSharedData, HostCounters>,
     book: RefCell<(ThresholdBook, Option<u32>)>,
 }
 
@@ -64,16 +63,12 @@ impl RootContext for FleetRoot {
             log::warn!("ingero-fleet: {warning}");
         }
         let tick = (parsed.config.push_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let fleet = Fleet::new(parsed.config, HostSharedData);
+        let fleet = Fleet::new(parsed.config, HostSharedData, HostCounters::define());
         if let Err(e) = fleet.init() {
             log::error!("ingero-fleet: cannot create shared data keys: {e}");
             return false;
         }
-        self.worker = Some(Rc::new(Worker {
-            fleet,
-            counters: Counters::define(),
-            book: RefCell::new((ThresholdBook::default(), None)),
-        }));
+        self.worker = Some(Rc::new(Worker { fleet, book: RefCell::new((ThresholdBook::default(), None)) }));
         self.set_tick_period(tick);
         true
     }

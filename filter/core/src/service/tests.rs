@@ -1,14 +1,17 @@
 //! The whole request flow of the core against an in-memory store.
 
 use super::*;
+use crate::metrics::{Counter, MemoryCounters};
 use crate::otlp::tests::agent_json;
 use crate::reply::{COLD_START_BODY, QUORUM_HEADER, THRESHOLD_HEADER};
 use crate::store::MemoryStore;
 
+type TestFleet = Fleet<MemoryStore, MemoryCounters>;
+
 const PUSH_INTERVAL_MS: u64 = 10_000;
 
-fn fleet() -> Fleet<MemoryStore> {
-    let fleet = Fleet::new(Config::default(), MemoryStore::default());
+fn fleet() -> TestFleet {
+    let fleet = Fleet::new(Config::default(), MemoryStore::default(), MemoryCounters::default());
     assert_eq!(fleet.init(), Ok(()));
     fleet
 }
@@ -18,7 +21,7 @@ fn head<'a>(method: &'a str, path: &'a str, content_type: Option<&'a str>) -> Re
 }
 
 /// Sends a request through both stages, as a front door would.
-fn send(fleet: &Fleet<MemoryStore>, head: RequestHead, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
+fn send(fleet: &TestFleet, head: RequestHead, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
     match fleet.on_head(&head, book) {
         HeadStep::Pass => Answer { reply: Reply::threshold(None), outcome: Outcome::default() },
         HeadStep::Answer(answer) => answer,
@@ -26,13 +29,13 @@ fn send(fleet: &Fleet<MemoryStore>, head: RequestHead, body: &[u8], now_ms: u64,
     }
 }
 
-fn push(fleet: &Fleet<MemoryStore>, cluster: &str, node: &str, score: f64, now_ms: u64) -> Answer {
+fn push(fleet: &TestFleet, cluster: &str, node: &str, score: f64, now_ms: u64) -> Answer {
     let path = format!("/v1/metrics?cluster_id={cluster}");
     let body = agent_json(node, &score.to_string());
     send(fleet, head("POST", &path, Some("application/json")), body.as_bytes(), now_ms, &ThresholdBook::default())
 }
 
-fn query(fleet: &Fleet<MemoryStore>, cluster: &str, book: &ThresholdBook) -> String {
+fn query(fleet: &TestFleet, cluster: &str, book: &ThresholdBook) -> String {
     let path = format!("/api/v1/threshold?cluster_id={cluster}");
     let answer = send(fleet, head("GET", &path, None), &[], 0, book);
     String::from_utf8_lossy(&answer.reply.body).into_owned()
@@ -175,7 +178,7 @@ fn partial_rejections_keep_the_good_points() {
 #[test]
 fn the_node_cap_is_counted_not_crashed() {
     let config = Config { max_expected_nodes: 3, ..Config::default() };
-    let fleet = Fleet::new(config, MemoryStore::default());
+    let fleet = Fleet::new(config, MemoryStore::default(), MemoryCounters::default());
     let _ = fleet.init();
     for i in 0..5 {
         let answer = push(&fleet, "c1", &format!("n{i}"), 0.9, 0);
@@ -186,4 +189,28 @@ fn the_node_cap_is_counted_not_crashed() {
         }
     }
     assert_eq!(fleet.registry().tracked_nodes(), Ok(3));
+    assert_eq!(fleet.counters().value(Counter::Dropped(DropReason::MaxExpectedNodes)), 2);
+    assert_eq!(fleet.counters().value(Counter::TotalPushes), 5);
+}
+
+#[test]
+fn metrics_are_scraped_from_the_same_service() {
+    let fleet = fleet();
+    for i in 0..5 {
+        let _ = push(&fleet, "c1", &format!("n{i}"), 0.9, 0);
+    }
+    let _ = push(&fleet, "c1", "n9", 7.0, 0);
+    let book = fleet.tick(PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    let answer = send(&fleet, head("GET", "/metrics", None), &[], 0, &book);
+    let text = String::from_utf8_lossy(&answer.reply.body).into_owned();
+    assert_eq!(answer.reply.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    for line in [
+        "ingero_fleet_total_pushes 6",
+        "ingero_fleet_dropped_total{reason=\"invalid_point\"} 1",
+        "ingero_fleet_tracked_nodes 5",
+        "ingero_fleet_active_nodes{cluster_id=\"c1\",cgroup_path_hash=\"\"} 5",
+        "ingero_fleet_threshold{cluster_id=\"c1\",cgroup_path_hash=\"\"} 0.9",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line} in {text}");
+    }
 }
