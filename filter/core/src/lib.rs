@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod ingress;
 pub mod metrics;
 pub mod otlp;

@@ -4,7 +4,8 @@
 //! counted in `partialSuccess`, and never reaches the registry.
 
 use crate::config::Config;
-use crate::otlp::{attribute, AnyValue, ExportRequest, KeyValue, Metric, ResourceMetrics};
+use crate::events::StragglerEvent;
+use crate::otlp::{attribute, AnyValue, ExportRequest, KeyValue, Metric, NumberPoint, ResourceMetrics};
 use serde::{Deserialize, Serialize};
 
 pub const HEALTH_SCORE: &str = "ingero.node.health_score";
@@ -81,7 +82,7 @@ pub struct PushBatch {
     /// Data points refused, each for a reason; the first reason is reported.
     pub rejected: u64,
     pub rejection: Option<String>,
-    pub straggler_events: u64,
+    pub straggler_events: Vec<StragglerEvent>,
 }
 
 impl PushBatch {
@@ -120,8 +121,6 @@ fn resource_cluster(attributes: &[KeyValue]) -> Option<&str> {
 fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, config: &Config, batch: &mut PushBatch) {
     let attrs = &resource.attributes;
     let score_points: usize = resource.metrics.iter().filter(|m| m.name == HEALTH_SCORE).map(|m| m.points.len()).sum();
-    batch.straggler_events +=
-        resource.metrics.iter().filter(|m| m.name == STRAGGLER_EVENT).map(|m| m.points.len() as u64).sum::<u64>();
 
     let Some(cluster) = query_cluster.or_else(|| resource_cluster(attrs)) else {
         batch.reject(score_points, || "resource has no cluster_id".into());
@@ -143,6 +142,7 @@ fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, conf
         return;
     }
 
+    batch.straggler_events.extend(straggler_events(cluster, node, &resource.metrics, config.max_id_bytes));
     let details = details(attrs, &resource.metrics);
     // The newest valid point wins when a push repeats a node.
     let mut best: Option<(u64, NodeScore)> = None;
@@ -187,6 +187,36 @@ fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, conf
         best = Some((point.time_unix_nano, score));
     }
     batch.scores.extend(best.map(|(_, s)| s));
+}
+
+fn straggler_events(cluster: &str, node: &str, metrics: &[Metric], max_len: usize) -> Vec<StragglerEvent> {
+    let text = |p: &NumberPoint, key| {
+        attribute(&p.attributes, key).and_then(AnyValue::as_str).map(|s| s.chars().take(max_len).collect())
+    };
+    let number = |p: &NumberPoint, key| {
+        attribute(&p.attributes, key)
+            .and_then(|v| match v {
+                AnyValue::Double(d) => Some(*d),
+                AnyValue::Int(i) => Some(*i as f64),
+                AnyValue::String(s) => s.trim().parse().ok(),
+                _ => None,
+            })
+            .filter(|v: &f64| v.is_finite())
+    };
+    metrics
+        .iter()
+        .filter(|m| m.name == STRAGGLER_EVENT)
+        .flat_map(|m| &m.points)
+        .map(|p| StragglerEvent {
+            cluster: cluster.to_owned(),
+            node: node.to_owned(),
+            event_id: text(p, "ingero.event.id"),
+            threshold: number(p, "threshold"),
+            score: number(p, "score"),
+            dominant_signal: text(p, "dominant_signal"),
+            time_unix_nano: p.time_unix_nano,
+        })
+        .collect()
 }
 
 fn details(attrs: &[KeyValue], metrics: &[Metric]) -> NodeDetails {

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::error::FleetError;
+use crate::events::EventLog;
 use crate::ingress::{body_format, is_gzip, query_param, unpack_body, Route};
 use crate::metrics::{self, CounterSink};
 use crate::otlp::{BodyFormat, ExportRequest};
@@ -116,7 +117,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// Creates the shared keys that do not exist yet.
     pub fn init(&self) -> Result<(), StoreError> {
         self.registry().init()?;
-        for key in [epoch_key(), book_key()] {
+        for key in [epoch_key(), book_key()].into_iter().chain(EventLog::<S>::keys()) {
             if self.store.get(&key)?.is_none() {
                 self.store.set(&key, &[], None)?;
             }
@@ -254,7 +255,9 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                 over_capacity += 1;
             }
         }
-        let mut outcome = Outcome { accepted_push: true, straggler_events: batch.straggler_events, drops: Vec::new() };
+        EventLog::new(&self.store).record(&batch.straggler_events)?;
+        let straggler_events = batch.straggler_events.len() as u64;
+        let mut outcome = Outcome { accepted_push: true, straggler_events, drops: Vec::new() };
         let mut rejected = batch.rejected;
         let mut message = batch.rejection.clone();
         if batch.rejected > 0 {
