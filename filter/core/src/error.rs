@@ -9,6 +9,8 @@ pub enum FleetError {
     MissingClusterId,
     #[error("{name} is not valid percent-encoded UTF-8")]
     BadQueryEncoding { name: &'static str },
+    #[error("{name} must be {expected}")]
+    BadQueryValue { name: &'static str, expected: &'static str },
     #[error("{name} is longer than max_id_bytes ({limit} bytes)")]
     IdTooLong { name: &'static str, limit: usize },
     #[error("request body is empty (an empty push is {{\"resourceMetrics\":[]}})")]
@@ -41,6 +43,7 @@ impl FleetError {
         match self {
             Self::MissingClusterId
             | Self::BadQueryEncoding { .. }
+            | Self::BadQueryValue { .. }
             | Self::IdTooLong { .. }
             | Self::EmptyBody
             | Self::BadJson(_)

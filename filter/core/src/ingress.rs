@@ -13,6 +13,12 @@ pub const PUSH_PATH: &str = "/v1/metrics";
 pub const THRESHOLD_PATH: &str = "/api/v1/threshold";
 /// The Prometheus scrape path.
 pub const METRICS_PATH: &str = "/metrics";
+/// The cluster listing.
+pub const CLUSTERS_PATH: &str = "/api/v1/clusters";
+/// The node listing of one cluster.
+pub const NODES_PATH: &str = "/api/v1/nodes";
+/// The dashboard page.
+pub const DASHBOARD_PATH: &str = "/";
 
 /// The requests Fleet answers itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +26,9 @@ pub enum Route {
     Push,
     Threshold,
     Metrics,
+    Clusters,
+    Nodes,
+    Dashboard,
 }
 
 impl Route {
@@ -29,6 +38,9 @@ impl Route {
             PUSH_PATH => Some(Self::Push),
             THRESHOLD_PATH => Some(Self::Threshold),
             METRICS_PATH => Some(Self::Metrics),
+            CLUSTERS_PATH => Some(Self::Clusters),
+            NODES_PATH => Some(Self::Nodes),
+            DASHBOARD_PATH => Some(Self::Dashboard),
             _ => None,
         }
     }
@@ -37,7 +49,7 @@ impl Route {
     pub fn method(self) -> &'static str {
         match self {
             Self::Push => "POST",
-            Self::Threshold | Self::Metrics => "GET",
+            _ => "GET",
         }
     }
 }
@@ -125,7 +137,8 @@ mod tests {
         assert_eq!(Route::of("/v1/metrics?cluster_id=a"), Some(Route::Push));
         assert_eq!(Route::of("/api/v1/threshold"), Some(Route::Threshold));
         assert_eq!(Route::of("/v1/metricsx"), None);
-        assert_eq!(Route::of("/"), None);
+        assert_eq!(Route::of("/"), Some(Route::Dashboard));
+        assert_eq!(Route::of("/index.html"), None);
     }
 
     #[test]

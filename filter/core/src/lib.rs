@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod ingress;
+pub mod listing;
 pub mod metrics;
 pub mod otlp;
 pub mod push;

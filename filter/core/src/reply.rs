@@ -53,6 +53,16 @@ impl Reply {
         Self::new(200, JSON, body.into_bytes())
     }
 
+    /// A JSON document.
+    pub fn json(body: Vec<u8>) -> Self {
+        Self::new(200, JSON, body)
+    }
+
+    /// An HTML page.
+    pub fn html(page: &str) -> Self {
+        Self::new(200, "text/html; charset=utf-8", page.as_bytes().to_vec())
+    }
+
     /// A Prometheus scrape.
     pub fn metrics(text: String) -> Self {
         Self::new(200, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes())

@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::error::FleetError;
 use crate::events::EventLog;
 use crate::ingress::{body_format, is_gzip, query_param, unpack_body, Route};
+use crate::listing::{self, Page};
 use crate::metrics::{self, CounterSink};
 use crate::otlp::{BodyFormat, ExportRequest};
 use crate::push::{extract, names_a_cluster};
@@ -12,6 +13,9 @@ use crate::registry::{Admission, Registry, KEY_PREFIX};
 use crate::reply::Reply;
 use crate::store::{SharedStore, StoreError};
 use crate::threshold::ThresholdBook;
+
+/// The dashboard: one self-contained page that reads the listing API.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// Why something sent to Fleet was not stored, as counted in `ingero_fleet_dropped_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -149,12 +153,6 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
             Err(e) => return refuse(e),
         };
         match route {
-            Route::Threshold => self.threshold(head.path, cluster, book),
-            Route::Metrics => {
-                let tracked = self.registry().tracked_nodes().unwrap_or(0);
-                let text = metrics::render(&self.counters, book, tracked);
-                HeadStep::Answer(Answer { reply: Reply::metrics(text), outcome: Outcome::default() })
-            }
             Route::Push => {
                 let checked = body_format(head.content_type).and_then(|format| {
                     let gzip = is_gzip(head.content_encoding)?;
@@ -170,6 +168,10 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                     Err(e) => refuse(e),
                 }
             }
+            _ => match self.read(route, head.path, cluster, book) {
+                Ok(reply) => HeadStep::Answer(Answer { reply, outcome: Outcome::default() }),
+                Err(e) => refuse(e),
+            },
         }
     }
 
@@ -215,17 +217,36 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         }
     }
 
-    fn threshold(&self, path: &str, cluster: Option<String>, book: &ThresholdBook) -> HeadStep {
-        let Some(cluster) = cluster else {
-            return HeadStep::Answer(refused(BodyFormat::Json, &FleetError::MissingClusterId, None));
-        };
-        match query_param(path, "cgroup_path_hash", self.config.max_id_bytes) {
-            Ok(cohort) => HeadStep::Answer(Answer {
-                reply: Reply::threshold(book.cohort(&cluster, cohort.as_deref().unwrap_or(""))),
-                outcome: Outcome::default(),
-            }),
-            Err(e) => HeadStep::Answer(refused(BodyFormat::Json, &e, None)),
-        }
+    /// Answers the read-only routes: threshold, metrics, listings, dashboard.
+    fn read(
+        &self,
+        route: Route,
+        path: &str,
+        cluster: Option<String>,
+        book: &ThresholdBook,
+    ) -> Result<Reply, FleetError> {
+        let cluster = || cluster.clone().ok_or(FleetError::MissingClusterId);
+        Ok(match route {
+            Route::Threshold => {
+                let cohort = query_param(path, "cgroup_path_hash", self.config.max_id_bytes)?;
+                Reply::threshold(book.cohort(&cluster()?, cohort.as_deref().unwrap_or("")))
+            }
+            Route::Metrics => {
+                let tracked = self.registry().tracked_nodes()?;
+                Reply::metrics(metrics::render(&self.counters, book, tracked))
+            }
+            Route::Clusters => {
+                let events = EventLog::new(&self.store);
+                Reply::json(listing::clusters(book, Page::from_path(path)?, |c| events.recent(c).unwrap_or_default()))
+            }
+            Route::Nodes => {
+                let cluster = cluster()?;
+                let page = Page::from_path(path)?;
+                Reply::json(listing::nodes(&cluster, self.registry().records()?, book, page))
+            }
+            Route::Dashboard => Reply::html(DASHBOARD_HTML),
+            Route::Push => return Err(FleetError::MethodNotAllowed { method: "GET".into(), allowed: "POST" }),
+        })
     }
 
     /// Decodes and stores; the answer piggybacks the first scored cohort's threshold.

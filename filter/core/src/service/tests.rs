@@ -214,3 +214,82 @@ fn metrics_are_scraped_from_the_same_service() {
         assert!(text.lines().any(|l| l == line), "missing {line} in {text}");
     }
 }
+
+fn get_json(fleet: &TestFleet, path: &str, book: &ThresholdBook) -> (u16, serde_json::Value) {
+    let answer = send(fleet, head("GET", path, None), &[], 0, book);
+    (answer.reply.status, serde_json::from_slice(&answer.reply.body).unwrap_or_default())
+}
+
+#[test]
+fn listings_follow_pushes_state_changes_and_expiry() {
+    let fleet = fleet();
+    for (i, score) in [0.9, 0.91, 0.92, 0.93, 0.94, 0.3].iter().enumerate() {
+        let _ = push(&fleet, "c1", &format!("n{i}"), *score, 0);
+    }
+    let _ = push(&fleet, "c2", "other", 0.5, 0);
+    let event = agent_json("n5", "0.3").replace(
+        r#"{"name":"ingero.node.throughput_ratio""#,
+        r#"{"name":"ingero.node.straggler_event","gauge":{"dataPoints":[{"asDouble":1,"timeUnixNano":"5","attributes":[
+            {"key":"threshold","value":{"doubleValue":0.8}},{"key":"score","value":{"doubleValue":0.3}},
+            {"key":"dominant_signal","value":{"stringValue":"nccl"}},{"key":"ingero.event.id","value":{"stringValue":"e1"}}]}]}},
+            {"name":"ingero.node.throughput_ratio""#,
+    );
+    let answer = send(
+        &fleet,
+        head("POST", "/v1/metrics?cluster_id=c1", Some("application/json")),
+        event.as_bytes(),
+        0,
+        &ThresholdBook::default(),
+    );
+    assert_eq!(answer.outcome.straggler_events, 1);
+    let book = fleet.tick(PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+
+    let (status, clusters) = get_json(&fleet, "/api/v1/clusters", &book);
+    assert_eq!((status, clusters["total"].as_u64()), (200, Some(2)));
+    let c1 = &clusters["clusters"][0];
+    assert_eq!(
+        (c1["cluster_id"].as_str(), c1["active_nodes"].as_u64(), c1["quorum_met"].as_bool()),
+        (Some("c1"), Some(6), Some(true))
+    );
+    assert_eq!(c1["stragglers"].as_u64(), Some(1));
+    assert_eq!(c1["world_size"].as_u64(), Some(8));
+    assert_eq!(c1["recent_straggler_events"][0]["dominant_signal"].as_str(), Some("nccl"));
+    assert_eq!(clusters["clusters"][1]["quorum_met"].as_bool(), Some(false));
+
+    let (_, nodes) = get_json(&fleet, "/api/v1/nodes?cluster_id=c1", &book);
+    assert_eq!(nodes["total"].as_u64(), Some(6));
+    let n5 = &nodes["nodes"][5];
+    assert_eq!(
+        (n5["node_id"].as_str(), n5["straggler"].as_bool(), n5["score"].as_f64()),
+        (Some("n5"), Some(true), Some(0.3))
+    );
+    assert_eq!(n5["rank"].as_i64(), Some(3));
+    assert_eq!(n5["gauges"]["ingero.node.throughput_ratio"].as_f64(), Some(0.97));
+    assert_eq!(nodes["nodes"][0]["straggler"].as_bool(), Some(false));
+
+    // A node that turns idle is listed with its new state and stops counting.
+    let idle = agent_json("n0", "0.9").replace("\"active\"", "\"idle\"");
+    let _ = send(
+        &fleet,
+        head("POST", "/v1/metrics?cluster_id=c1", Some("application/json")),
+        idle.as_bytes(),
+        PUSH_INTERVAL_MS,
+        &book,
+    );
+    let book = fleet.tick(2 * PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    let (_, nodes) = get_json(&fleet, "/api/v1/nodes?cluster_id=c1&limit=2", &book);
+    assert_eq!((nodes["nodes"][0]["state"].as_str(), nodes["next_offset"].as_u64()), (Some("idle"), Some(2)));
+    assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(2));
+    let (_, clusters) = get_json(&fleet, "/api/v1/clusters", &book);
+    assert_eq!(clusters["clusters"][0]["active_nodes"].as_u64(), Some(5));
+
+    // Past the TTL only n0 (pushed later) is left.
+    let book = fleet.tick(fleet.config().node_ttl_ms() + PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    let (_, nodes) = get_json(&fleet, "/api/v1/nodes?cluster_id=c1", &book);
+    assert_eq!(nodes["total"].as_u64(), Some(1));
+
+    assert_eq!(get_json(&fleet, "/api/v1/nodes", &book).0, 400);
+    assert_eq!(get_json(&fleet, "/api/v1/clusters?limit=5000", &book).0, 400);
+    let page = send(&fleet, head("GET", "/", None), &[], 0, &book);
+    assert_eq!(page.reply.header("content-type"), Some("text/html; charset=utf-8"));
+}
