@@ -1,0 +1,187 @@
+"""Multi-replica pinning on loopback: three Fleet replicas (real Envoy + the
+filter) behind the guide's front load balancers, envoy/front-lb.yaml (ring
+hash on cluster_id) and nginx/ingero-fleet.conf (`hash $arg_cluster_id
+consistent`), with only their endpoints and listen addresses rewritten."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import re
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet import ROOT, Envoy, agent_push, fleet_envoy, free_port, push, scrape, threshold, wait_for
+
+FRONT_LB = ROOT / "envoy/front-lb.yaml"
+NGINX_CONF = ROOT / "nginx/ingero-fleet.conf"
+NGINX = Path("/usr/sbin/nginx")
+EMPTY_PUSH = b'{"resourceMetrics":[]}'
+CLUSTERS = [f"cluster-{i:03d}" for i in range(100)]
+# A long TTL so the threshold check never races node expiry.
+REPLICA_CONFIG = {"push_interval": "1s", "ttl_multiplier": 30}
+
+
+@pytest.fixture(scope="module")
+def replicas():
+    """Three independent Fleet replicas (separate Envoy processes, no shared state)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(3):
+            envoy, p = fleet_envoy(REPLICA_CONFIG, concurrency=1)
+            stack.enter_context(envoy)
+            ports.append(p)
+        yield ports
+
+
+# === the two front doors, rendered from the committed files ===
+
+def front_envoy(replicas) -> tuple[Envoy, int, int]:
+    """envoy/front-lb.yaml with its endpoints pointed at `replicas` (in order) and loopback listeners."""
+    config = yaml.safe_load(FRONT_LB.read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = free_port()
+    ports = {"ingero_fleet_listener": free_port(), "ingero_fleet_api": free_port()}
+    for listener in config["static_resources"]["listeners"]:
+        listener["address"]["socket_address"].update(address="127.0.0.1", port_value=ports[listener["name"]])
+    (cluster,) = config["static_resources"]["clusters"]
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert len(endpoints) == 3, "the guide's config names three replicas"
+    kept = []
+    for endpoint, replica in zip(endpoints, replicas):
+        endpoint = copy.deepcopy(endpoint)
+        endpoint["endpoint"]["address"]["socket_address"].update(address="127.0.0.1", port_value=replica.push)
+        kept.append(endpoint)
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = kept
+    return Envoy(config, concurrency=1), ports["ingero_fleet_listener"], ports["ingero_fleet_api"]
+
+
+@contextlib.contextmanager
+def front_nginx(replicas):
+    """NGINX in the foreground with nginx/ingero-fleet.conf, servers and listeners rewritten to loopback."""
+    tmp = Path(tempfile.mkdtemp(prefix="nginx-"))
+    push_port, api_port = free_port(), free_port()
+    servers = iter(f"server 127.0.0.1:{r.push};" for r in replicas)
+    text = NGINX_CONF.read_text()
+    text = re.sub(r"server ingero-fleet-\d\.ingero-fleet:4318;", lambda _: next(servers, ""), text)
+    assert next(servers, None) is None, "the guide's upstream names three replicas"
+    text = text.replace("listen 4318;", f"listen 127.0.0.1:{push_port};")
+    text = text.replace("listen 8080;", f"listen 127.0.0.1:{api_port};")
+    (tmp / "ingero-fleet.conf").write_text(text)
+    (tmp / "nginx.conf").write_text(f"""
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    include {tmp}/ingero-fleet.conf;
+}}
+""")
+    process = subprocess.Popen([str(NGINX), "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log"),
+                                "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        def listening():
+            if process.poll() is not None:
+                raise AssertionError(f"nginx exited: {(tmp / 'error.log').read_text(errors='replace')}")
+            return accepts(push_port) and accepts(api_port)
+        wait_for(listening, what="nginx to listen")
+        yield push_port, api_port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def front(kind: str, replicas):
+    """The front load balancer `kind` over `replicas`: (push port, API port)."""
+    if kind == "envoy":
+        envoy, push_port, api_port = front_envoy(replicas)
+        with envoy:
+            yield push_port, api_port
+    else:
+        with front_nginx(replicas) as ports:
+            yield ports
+
+
+# === where a push landed ===
+
+def totals(replicas) -> list[float]:
+    return [scrape(r.metrics).get("ingero_fleet_total_pushes", 0.0) for r in replicas]
+
+
+def owner(push_port: int, replicas, cluster: str, pushes: int = 1) -> int:
+    """The one replica whose ingero_fleet_total_pushes moved by `pushes` after `pushes` pushes of `cluster`."""
+    before = totals(replicas)
+    for _ in range(pushes):
+        assert push(push_port, cluster, EMPTY_PUSH).status == 200
+    moved = [(i, after - was) for i, (was, after) in enumerate(zip(before, totals(replicas))) if after != was]
+    assert len(moved) == 1 and moved[0][1] == pushes, f"{cluster}: pushes spread over replicas {moved}"
+    return moved[0][0]
+
+
+def guide_hash_check(push_port: int, replicas) -> None:
+    """The guide's 'Verifying the hash' loop, run by bash with <lb>:4318 pointing at the front door."""
+    script = """
+for i in $(seq 1 10); do
+    curl -s "http://<lb>:4318/v1/metrics?cluster_id=test-hash" \\
+        -X POST -H 'Content-Type: application/json' \\
+        -d '{"resourceMetrics":[]}' > /dev/null
+done
+""".replace("<lb>:4318", f"127.0.0.1:{push_port}")
+    before = totals(replicas)
+    subprocess.run(["bash", "-ec", script], check=True, timeout=60)
+    deltas = [after - was for was, after in zip(before, totals(replicas))]
+    assert sorted(deltas) == [0, 0, 10], f"exactly one replica must advance by 10: {deltas}"
+
+
+# === tests ===
+
+@pytest.mark.parametrize("kind", ["envoy", "nginx"])
+def test_guide_check_ten_pushes_advance_one_replica_by_ten(kind, replicas):
+    with front(kind, replicas) as (push_port, _):
+        guide_hash_check(push_port, replicas)
+
+
+@pytest.mark.parametrize("kind", ["envoy", "nginx"])
+def test_threshold_query_reaches_the_replica_holding_the_cluster(kind, replicas):
+    cluster = f"pinned-{kind}"
+    with front(kind, replicas) as (push_port, api_port):
+        for i, score in enumerate([0.9, 0.92, 0.88, 0.91, 0.6]):
+            assert push(push_port, cluster, agent_push(f"{cluster}-n{i}", score, cluster=cluster)).status == 200
+        home = owner(push_port, replicas, cluster)
+        def quorum():
+            body = threshold(api_port, cluster).json()
+            return body if body["quorum_met"] else None
+        body = wait_for(quorum, what=f"quorum for {cluster} through the front API port")
+        assert body["active_nodes"] == 5
+        others = [r for i, r in enumerate(replicas) if i != home]
+        assert all(threshold(r.api, cluster).json() == {"threshold": 0, "quorum_met": False} for r in others)
+
+
+@pytest.mark.parametrize("kind", ["envoy", "nginx"])
+def test_clusters_pin_to_one_replica_and_removal_rekeys_about_a_third(kind, replicas):
+    with front(kind, replicas) as (push_port, _):
+        before = {c: owner(push_port, replicas, c, pushes=2) for c in CLUSTERS}
+    spread = [sum(1 for o in before.values() if o == i) for i in range(3)]
+    assert min(spread) >= 10, f"clusters per replica {spread}"
+
+    # Scale-down: the last replica leaves the balancer, as DNS drops ingero-fleet-2.
+    survivors = replicas[:2]
+    with front(kind, survivors) as (push_port, _):
+        after = {c: owner(push_port, survivors, c) for c in CLUSTERS}
+    moved = [c for c in CLUSTERS if after[c] != before[c]]
+    assert len(moved) <= 45, f"{len(moved)} of 100 clusters re-keyed"
+    stayed = [c for c in CLUSTERS if before[c] != 2]
+    assert sum(after[c] == before[c] for c in stayed) >= 0.9 * len(stayed)
