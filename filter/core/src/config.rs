@@ -18,6 +18,7 @@ pub const DEFAULT_MAX_EXPECTED_NODES: u32 = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 pub const DEFAULT_MAX_ID_BYTES: usize = 256;
 pub const DEFAULT_MAX_POINTS_PER_PUSH: usize = 10_000;
+pub const DEFAULT_MAX_CLUSTERS: u32 = 1_000;
 
 /// Validated configuration shared by every front door.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,9 +37,13 @@ pub struct Config {
     pub coverage_fraction: f64,
     /// Cap on tracked nodes across all clusters.
     pub max_expected_nodes: u32,
+    /// Cap on tracked nodes of one cluster (defaults to `max_expected_nodes`).
+    pub max_nodes_per_cluster: u32,
+    /// Cap on clusters with tracked nodes; a new cluster past it is refused with 429.
+    pub max_clusters: u32,
     /// Largest accepted body, before and after decompression.
     pub max_body_bytes: usize,
-    /// Longest accepted cluster, node or cohort id.
+    /// Longest accepted cluster, node or cohort id, and longest stored text attribute.
     pub max_id_bytes: usize,
     /// Most data points accepted in one push.
     pub max_points_per_push: usize,
@@ -76,6 +81,8 @@ impl Default for Config {
             statistical_min: DEFAULT_STATISTICAL_MIN,
             coverage_fraction: DEFAULT_COVERAGE_FRACTION,
             max_expected_nodes: DEFAULT_MAX_EXPECTED_NODES,
+            max_nodes_per_cluster: DEFAULT_MAX_EXPECTED_NODES,
+            max_clusters: DEFAULT_MAX_CLUSTERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_id_bytes: DEFAULT_MAX_ID_BYTES,
             max_points_per_push: DEFAULT_MAX_POINTS_PER_PUSH,
@@ -88,6 +95,16 @@ impl Config {
     /// Milliseconds after its last push at which a node stops counting.
     pub fn node_ttl_ms(&self) -> u64 {
         duration_ms(self.push_interval) * u64::from(self.ttl_multiplier)
+    }
+
+    /// The caps a new node must fit under to be tracked.
+    pub fn node_caps(&self) -> NodeCaps {
+        NodeCaps {
+            nodes: self.max_expected_nodes,
+            nodes_per_cluster: self.max_nodes_per_cluster,
+            clusters: self.max_clusters,
+            retry_after_s: u32::try_from(self.push_interval.as_secs()).unwrap_or(u32::MAX).max(1),
+        }
     }
 
     /// The push interval in milliseconds (never zero).
@@ -125,11 +142,14 @@ impl Config {
                 "push_interval",
                 "ttl_multiplier",
                 "max_expected_nodes",
+                "max_nodes_per_cluster",
+                "max_clusters",
                 "max_body_bytes",
                 "max_id_bytes",
                 "max_points_per_push",
             ],
         );
+        let max_expected_nodes = check.int(root, "max_expected_nodes", d.max_expected_nodes, 1, 1_000_000);
         let config = Config {
             k: check.float(threshold, "threshold.k", d.k, 1.0, 4.0, true),
             ema_alpha: check.float(threshold, "threshold.ema_alpha", d.ema_alpha, 0.0, 1.0, false),
@@ -137,7 +157,9 @@ impl Config {
             ttl_multiplier: check.int(root, "ttl_multiplier", d.ttl_multiplier, 2, 1_000),
             statistical_min: check.int(quorum, "quorum.statistical_min", d.statistical_min, 1, 1_000_000),
             coverage_fraction: check.float(quorum, "quorum.coverage_fraction", d.coverage_fraction, 0.0, 1.0, true),
-            max_expected_nodes: check.int(root, "max_expected_nodes", d.max_expected_nodes, 1, 1_000_000),
+            max_expected_nodes,
+            max_nodes_per_cluster: check.int(root, "max_nodes_per_cluster", max_expected_nodes, 1, 1_000_000),
+            max_clusters: check.int(root, "max_clusters", d.max_clusters, 1, MAX_CLUSTERS_LIMIT),
             max_body_bytes: check.int(root, "max_body_bytes", d.max_body_bytes, 1024, 64 << 20),
             max_id_bytes: check.int(root, "max_id_bytes", d.max_id_bytes, 8, 4096),
             max_points_per_push: check.int(root, "max_points_per_push", d.max_points_per_push, 1, 1_000_000),
@@ -154,6 +176,23 @@ impl Config {
             Err(ConfigError { problems: check.problems })
         }
     }
+}
+
+/// Upper bound of `max_clusters`: the cluster table is rewritten whenever a node is
+/// added or expires, so it stays small (12 bytes per cluster).
+pub const MAX_CLUSTERS_LIMIT: u64 = 100_000;
+
+/// The limits on tracked nodes, as the registry enforces them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCaps {
+    /// `max_expected_nodes`.
+    pub nodes: u32,
+    /// `max_nodes_per_cluster`.
+    pub nodes_per_cluster: u32,
+    /// `max_clusters`.
+    pub clusters: u32,
+    /// `Retry-After` for a refused new cluster: a slot can only free at the next recompute.
+    pub retry_after_s: u32,
 }
 
 /// A valid configuration and the unknown keys it ignored.
@@ -346,6 +385,17 @@ mod tests {
         assert!(err.contains("threshold.ema_alpha = 0 is out of range: must be a number in (0, 1]"), "{err}");
         assert!(err.contains("push_interval = \"soon\""), "{err}");
         assert!(err.contains("ttl_multiplier = 1 is out of range: must be an integer in [2, 1000]"), "{err}");
+    }
+
+    #[test]
+    fn per_cluster_cap_follows_the_total_unless_set() {
+        let c = parse(r#"{"max_expected_nodes":50}"#).map(|p| p.config);
+        assert_eq!(c.as_ref().map(|c| (c.max_nodes_per_cluster, c.max_clusters)).ok(), Some((50, 1000)));
+        let c = parse(r#"{"max_nodes_per_cluster":5,"max_clusters":3,"push_interval":"500ms"}"#).map(|p| p.config);
+        let caps = c.as_ref().map(Config::node_caps).ok();
+        assert_eq!(caps, Some(NodeCaps { nodes: 10_000, nodes_per_cluster: 5, clusters: 3, retry_after_s: 1 }));
+        let err = parse(r#"{"max_clusters":0}"#).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("max_clusters = 0 is out of range: must be an integer in [1, 100000]"), "{err}");
     }
 
     #[test]

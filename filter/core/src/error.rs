@@ -25,6 +25,8 @@ pub enum FleetError {
     BodyTooLarge { limit: usize },
     #[error("push has more than max_points_per_push ({limit}) data points")]
     TooManyPoints { limit: usize },
+    #[error("new cluster refused: max_clusters ({limit}) clusters already have tracked nodes")]
+    TooManyClusters { limit: u32, retry_after_s: u32 },
     #[error("unsupported Content-Type {0:?}: use application/json or application/x-protobuf")]
     UnsupportedContentType(String),
     #[error("unsupported Content-Encoding {0:?}: use identity or gzip")]
@@ -52,6 +54,7 @@ impl FleetError {
             Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } => 413,
             Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) => 415,
             Self::MethodNotAllowed { .. } => 405,
+            Self::TooManyClusters { .. } => 429,
             Self::Busy | Self::SharedData(_) => 503,
         }
     }
@@ -59,14 +62,17 @@ impl FleetError {
     /// The `google.rpc.Code` OTLP error bodies carry for this error.
     pub fn rpc_code(&self) -> i32 {
         match self.status() {
-            503 => 14, // UNAVAILABLE
-            413 => 8,  // RESOURCE_EXHAUSTED
-            _ => 3,    // INVALID_ARGUMENT
+            503 => 14,      // UNAVAILABLE
+            413 | 429 => 8, // RESOURCE_EXHAUSTED
+            _ => 3,         // INVALID_ARGUMENT
         }
     }
 
     /// Seconds a client should wait before retrying, for load-shedding answers.
     pub fn retry_after(&self) -> Option<u32> {
-        (self.status() == 503).then_some(1)
+        match self {
+            Self::TooManyClusters { retry_after_s, .. } => Some(*retry_after_s),
+            _ => (self.status() == 503).then_some(1),
+        }
     }
 }

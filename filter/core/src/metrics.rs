@@ -15,11 +15,13 @@ pub enum Counter {
 }
 
 /// Every counter, in exposition order.
-pub const COUNTERS: [Counter; 9] = [
+pub const COUNTERS: [Counter; 11] = [
     Counter::TotalPushes,
     Counter::StragglerEvents,
     Counter::Dropped(DropReason::InvalidPoint),
     Counter::Dropped(DropReason::MaxExpectedNodes),
+    Counter::Dropped(DropReason::MaxNodesPerCluster),
+    Counter::Dropped(DropReason::MaxClusters),
     Counter::Dropped(DropReason::Refused(400)),
     Counter::Dropped(DropReason::Refused(405)),
     Counter::Dropped(DropReason::Refused(413)),

@@ -99,11 +99,20 @@ impl PushBatch {
 
 /// Validates a request's points. `query_cluster` (already checked) wins over the
 /// resource attribute; the caller has ensured that one of the two exists.
+/// A node repeated within one push (in several points or resources) is stored
+/// once: its newest valid point wins, the later one on a tie.
 pub fn extract(request: ExportRequest, query_cluster: Option<&str>, config: &Config) -> PushBatch {
     let mut batch = PushBatch::default();
+    let mut newest: Vec<(u64, NodeScore)> = Vec::new();
     for resource in request.resource_metrics {
-        extract_resource(resource, query_cluster, config, &mut batch);
+        let Some((time, score)) = extract_resource(resource, query_cluster, config, &mut batch) else { continue };
+        match newest.iter_mut().find(|(_, s)| s.node == score.node && s.cluster == score.cluster) {
+            Some(slot) if slot.0 <= time => *slot = (time, score),
+            Some(_) => {}
+            None => newest.push((time, score)),
+        }
     }
+    batch.scores = newest.into_iter().map(|(_, s)| s).collect();
     batch
 }
 
@@ -118,32 +127,38 @@ fn resource_cluster(attributes: &[KeyValue]) -> Option<&str> {
     attribute(attributes, "ingero.cluster.id").and_then(AnyValue::as_str).filter(|s| !s.is_empty())
 }
 
-fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, config: &Config, batch: &mut PushBatch) {
+/// The resource's newest valid score and its time; rejections go to `batch`.
+fn extract_resource(
+    resource: ResourceMetrics,
+    query_cluster: Option<&str>,
+    config: &Config,
+    batch: &mut PushBatch,
+) -> Option<(u64, NodeScore)> {
     let attrs = &resource.attributes;
     let score_points: usize = resource.metrics.iter().filter(|m| m.name == HEALTH_SCORE).map(|m| m.points.len()).sum();
 
     let Some(cluster) = query_cluster.or_else(|| resource_cluster(attrs)) else {
         batch.reject(score_points, || "resource has no cluster_id".into());
-        return;
+        return None;
     };
     if cluster.len() > config.max_id_bytes {
         batch.reject(score_points, || {
             format!("ingero.cluster.id is longer than max_id_bytes ({})", config.max_id_bytes)
         });
-        return;
+        return None;
     }
     let node = attribute(attrs, "ingero.node.id").and_then(AnyValue::as_str).unwrap_or("");
     if node.is_empty() {
         batch.reject(score_points, || "data point's resource has no ingero.node.id".into());
-        return;
+        return None;
     }
     if node.len() > config.max_id_bytes {
         batch.reject(score_points, || format!("ingero.node.id is longer than max_id_bytes ({})", config.max_id_bytes));
-        return;
+        return None;
     }
 
     batch.straggler_events.extend(straggler_events(cluster, node, &resource.metrics, config.max_id_bytes));
-    let details = details(attrs, &resource.metrics);
+    let details = details(attrs, &resource.metrics, config.max_id_bytes);
     // The newest valid point wins when a push repeats a node.
     let mut best: Option<(u64, NodeScore)> = None;
     for point in resource.metrics.iter().filter(|m| m.name == HEALTH_SCORE).flat_map(|m| &m.points) {
@@ -186,7 +201,7 @@ fn extract_resource(resource: ResourceMetrics, query_cluster: Option<&str>, conf
         };
         best = Some((point.time_unix_nano, score));
     }
-    batch.scores.extend(best.map(|(_, s)| s));
+    best
 }
 
 fn straggler_events(cluster: &str, node: &str, metrics: &[Metric], max_len: usize) -> Vec<StragglerEvent> {
@@ -219,9 +234,13 @@ fn straggler_events(cluster: &str, node: &str, metrics: &[Metric], max_len: usiz
         .collect()
 }
 
-fn details(attrs: &[KeyValue], metrics: &[Metric]) -> NodeDetails {
+/// A node's descriptive facts; stored text is cut to `max_len` characters so a
+/// record's size stays bounded whatever the agent sends.
+fn details(attrs: &[KeyValue], metrics: &[Metric], max_len: usize) -> NodeDetails {
     let int = |attrs: &[KeyValue], key| attribute(attrs, key).and_then(AnyValue::as_i64);
-    let text = |attrs: &[KeyValue], key| attribute(attrs, key).and_then(AnyValue::as_str).map(str::to_owned);
+    let text = |attrs: &[KeyValue], key| {
+        attribute(attrs, key).and_then(AnyValue::as_str).map(|s| s.chars().take(max_len).collect::<String>())
+    };
     let mut d = NodeDetails {
         rank: int(attrs, "ingero.node.rank"),
         world_size: int(attrs, "ingero.world_size"),
@@ -253,6 +272,7 @@ fn details(attrs: &[KeyValue], metrics: &[Metric]) -> NodeDetails {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_MAX_ID_BYTES;
     use crate::otlp::tests::agent_json;
     use crate::otlp::BodyFormat;
 
@@ -322,6 +342,32 @@ mod tests {
         let b = batch(&two, None);
         assert_eq!(b.scores.len(), 1);
         assert_eq!(b.scores[0].score, 0.7);
+    }
+
+    #[test]
+    fn a_node_repeated_across_resources_is_stored_once_newest_first() {
+        let one = |score: &str, time: &str| {
+            let json = agent_json("n", score).replace("1700000000000000000", time);
+            let inner = json.strip_prefix(r#"{"resourceMetrics":["#).and_then(|j| j.strip_suffix("]}"));
+            inner.unwrap_or_default().to_owned()
+        };
+        let body = format!(r#"{{"resourceMetrics":[{},{},{}]}}"#, one("0.2", "3"), one("0.7", "9"), one("0.4", "5"));
+        let b = batch(&body, None);
+        assert_eq!((b.scores.len(), b.rejected), (1, 0));
+        assert_eq!(b.scores[0].score, 0.7);
+    }
+
+    #[test]
+    fn stored_text_is_cut_to_max_id_bytes() {
+        let long = agent_json("n", "0.5").replace(
+            r#""ingero.node.throughput_ratio","#,
+            &format!(
+                r#""ingero.node.info","gauge":{{"dataPoints":[{{"asDouble":1,"attributes":[{{"key":"gpu_model","value":{{"stringValue":"{}"}}}}]}}]}}}},{{"name":"x","#,
+                "H".repeat(10_000)
+            ),
+        );
+        let b = batch(&long, None);
+        assert_eq!(b.scores[0].details.gpu_model.as_ref().map(String::len), Some(DEFAULT_MAX_ID_BYTES));
     }
 
     #[test]

@@ -3,13 +3,18 @@
 //! A node lives in shard `hash(cluster, node) % shards`; a push rewrites only
 //! its node's shard (a few records) with CAS, so the cost of a push does not
 //! grow with the cluster. The shard count is fixed by `max_expected_nodes`, so
-//! the set of keys is bounded no matter which ids arrive. A counter key holds
-//! the number of tracked nodes and enforces the cap.
+//! the set of keys is bounded no matter which ids arrive. A cluster table key
+//! holds the node count of every cluster with tracked nodes and enforces the
+//! caps (`max_expected_nodes`, `max_nodes_per_cluster`, `max_clusters`); it is
+//! written only when a node is added or expires, never on an update.
 
+use crate::config::NodeCaps;
 use crate::error::FleetError;
 use crate::push::{NodeDetails, NodeScore, NodeState};
+use crate::service::DropReason;
 use crate::store::{SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// Prefix of every shared-data key, so other plugins in one VM id never collide.
@@ -54,8 +59,37 @@ impl NodeRecord {
 pub enum Admission {
     Updated,
     Inserted,
-    /// A new node past `max_expected_nodes`; nothing was stored.
-    OverCapacity,
+    /// A new node past a node cap; nothing was stored.
+    OverCapacity(NodeCap),
+}
+
+/// The node cap a new node did not fit under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeCap {
+    /// `max_expected_nodes`, over all clusters.
+    Total,
+    /// `max_nodes_per_cluster`.
+    PerCluster,
+}
+
+impl NodeCap {
+    /// How the refusal is counted.
+    pub fn drop_reason(self) -> DropReason {
+        match self {
+            Self::Total => DropReason::MaxExpectedNodes,
+            Self::PerCluster => DropReason::MaxNodesPerCluster,
+        }
+    }
+
+    /// The `partialSuccess` message naming the limit.
+    pub fn message(self, caps: NodeCaps) -> String {
+        match self {
+            Self::Total => format!("new nodes past max_expected_nodes ({}) are not tracked", caps.nodes),
+            Self::PerCluster => {
+                format!("new nodes past max_nodes_per_cluster ({}) are not tracked", caps.nodes_per_cluster)
+            }
+        }
+    }
 }
 
 /// The node registry over a shared store.
@@ -79,7 +113,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
     /// Creates every missing key, empty. Run before serving: writes to missing
     /// keys are not CAS-protected, so they must never race with real data.
     pub fn init(&self) -> Result<(), StoreError> {
-        for key in (0..self.shards).map(shard_key).chain([count_key()]) {
+        for key in (0..self.shards).map(shard_key).chain([clusters_key()]) {
             if self.store.get(&key)?.is_none() {
                 self.store.set(&key, &[], None)?;
             }
@@ -87,8 +121,9 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         Ok(())
     }
 
-    /// Stores a node's latest score; new nodes are admitted up to `max_nodes`.
-    pub fn record(&self, score: &NodeScore, now_ms: u64, max_nodes: u32) -> Result<Admission, FleetError> {
+    /// Stores a node's latest score; new nodes are admitted within `caps`, and a
+    /// new cluster past `caps.clusters` is an error (answered 429).
+    pub fn record(&self, score: &NodeScore, now_ms: u64, caps: NodeCaps) -> Result<Admission, FleetError> {
         let key = shard_key(self.shard_of(&score.cluster, &score.node));
         let mut reserved = false;
         for _ in 0..MAX_CAS_ATTEMPTS {
@@ -100,8 +135,8 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
                 }
                 None => {
                     if !reserved {
-                        if !self.adjust_count(1, max_nodes)? {
-                            return Ok(Admission::OverCapacity);
+                        if let Some(cap) = self.reserve(&score.cluster, caps)? {
+                            return Ok(Admission::OverCapacity(cap));
                         }
                         reserved = true;
                     }
@@ -113,7 +148,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
                 Ok(()) => {
                     if reserved && !inserted {
                         // Another worker inserted this node first; give the slot back.
-                        self.adjust_count(-1, u32::MAX)?;
+                        self.release(&[cluster_hash(&score.cluster)])?;
                     }
                     return Ok(if inserted { Admission::Inserted } else { Admission::Updated });
                 }
@@ -122,18 +157,23 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
             }
         }
         if reserved {
-            self.adjust_count(-1, u32::MAX)?;
+            self.release(&[cluster_hash(&score.cluster)])?;
         }
         Err(FleetError::Busy)
     }
 
-    /// Removes nodes not seen for more than `ttl_ms` and returns the rest.
+    /// Removes nodes not seen for more than `ttl_ms` and returns the rest. Their
+    /// slots go back to the cluster table in one write, also when a shard fails.
     pub fn sweep(&self, now_ms: u64, ttl_ms: u64) -> Result<Vec<NodeRecord>, FleetError> {
-        let mut live = Vec::new();
-        for key in (0..self.shards).map(shard_key) {
-            live.extend(self.sweep_shard(&key, now_ms, ttl_ms)?);
-        }
-        Ok(live)
+        let (mut live, mut expired) = (Vec::new(), Vec::new());
+        let swept = (0..self.shards).map(shard_key).try_for_each(|key| {
+            let (kept, gone) = self.sweep_shard(&key, now_ms, ttl_ms)?;
+            live.extend(kept);
+            expired.extend(gone.iter().map(|r| cluster_hash(&r.cluster)));
+            Ok::<(), FleetError>(())
+        });
+        self.release(&expired)?;
+        swept.map(|()| live)
     }
 
     /// Every stored record, expired or not, without changing anything.
@@ -147,24 +187,30 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
 
     /// Number of nodes currently holding a slot under `max_expected_nodes`.
     pub fn tracked_nodes(&self) -> Result<u32, FleetError> {
-        Ok(self.load_count()?.0)
+        Ok(self.load_clusters()?.0.total())
     }
 
-    fn sweep_shard(&self, key: &str, now_ms: u64, ttl_ms: u64) -> Result<Vec<NodeRecord>, FleetError> {
+    /// Number of clusters with tracked nodes (counted against `max_clusters`).
+    pub fn tracked_clusters(&self) -> Result<u32, FleetError> {
+        Ok(self.load_clusters()?.0.len())
+    }
+
+    /// The live and the expired records of one shard, after removing the expired ones.
+    fn sweep_shard(
+        &self,
+        key: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<(Vec<NodeRecord>, Vec<NodeRecord>), FleetError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (records, version) = self.load_shard(key)?;
-            let before = records.len();
-            let live: Vec<NodeRecord> =
-                records.into_iter().filter(|r| now_ms.saturating_sub(r.last_seen_ms) <= ttl_ms).collect();
-            let expired = before - live.len();
-            if expired == 0 {
-                return Ok(live);
+            let (live, expired): (Vec<NodeRecord>, Vec<NodeRecord>) =
+                records.into_iter().partition(|r| now_ms.saturating_sub(r.last_seen_ms) <= ttl_ms);
+            if expired.is_empty() {
+                return Ok((live, expired));
             }
             match self.store.set(key, &encode(&live), version) {
-                Ok(()) => {
-                    self.adjust_count(-(expired as i64), u32::MAX)?;
-                    return Ok(live);
-                }
+                Ok(()) => return Ok((live, expired)),
                 Err(StoreError::CasMismatch) => continue,
                 Err(e) => return Err(host(e)),
             }
@@ -186,26 +232,47 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         }
     }
 
-    fn load_count(&self) -> Result<(u32, Option<u32>), FleetError> {
-        match self.store.get(&count_key()).map_err(host)? {
-            Some((bytes, version)) => {
-                let count = bytes.try_into().map(u32::from_le_bytes).unwrap_or(0);
-                Ok((count, Some(version)))
-            }
-            None => Ok((0, None)),
+    fn load_clusters(&self) -> Result<(ClusterTable, Option<u32>), FleetError> {
+        match self.store.get(&clusters_key()).map_err(host)? {
+            Some((bytes, version)) => Ok((ClusterTable::decode(&bytes), Some(version))),
+            None => Ok((ClusterTable::default(), None)),
         }
     }
 
-    /// Adds `delta` to the node count unless that would pass `max`; false if it would.
-    fn adjust_count(&self, delta: i64, max: u32) -> Result<bool, FleetError> {
+    /// Takes a slot for a new node of `cluster`; the cap it would pass, if any.
+    fn reserve(&self, cluster: &str, caps: NodeCaps) -> Result<Option<NodeCap>, FleetError> {
+        let id = cluster_hash(cluster);
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (count, version) = self.load_count()?;
-            let next = (i64::from(count) + delta).clamp(0, i64::from(u32::MAX)) as u32;
-            if delta > 0 && next > max {
-                return Ok(false);
+            let (mut table, version) = self.load_clusters()?;
+            if table.total() >= caps.nodes {
+                return Ok(Some(NodeCap::Total));
             }
-            match self.store.set(&count_key(), &next.to_le_bytes(), version) {
-                Ok(()) => return Ok(true),
+            match table.nodes_of(id) {
+                Some(n) if n >= caps.nodes_per_cluster => return Ok(Some(NodeCap::PerCluster)),
+                None if table.len() >= caps.clusters => {
+                    return Err(FleetError::TooManyClusters { limit: caps.clusters, retry_after_s: caps.retry_after_s })
+                }
+                _ => table.add(id),
+            }
+            match self.store.set(&clusters_key(), &table.encode(), version) {
+                Ok(()) => return Ok(None),
+                Err(StoreError::CasMismatch) => continue,
+                Err(e) => return Err(host(e)),
+            }
+        }
+        Err(FleetError::Busy)
+    }
+
+    /// Gives back one slot per entry of `clusters` (cluster hashes), in one write.
+    fn release(&self, clusters: &[u64]) -> Result<(), FleetError> {
+        if clusters.is_empty() {
+            return Ok(());
+        }
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (mut table, version) = self.load_clusters()?;
+            clusters.iter().for_each(|id| table.remove(*id));
+            match self.store.set(&clusters_key(), &table.encode(), version) {
+                Ok(()) => return Ok(()),
                 Err(StoreError::CasMismatch) => continue,
                 Err(e) => return Err(host(e)),
             }
@@ -214,12 +281,84 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
     }
 }
 
+// === impl ClusterTable ===
+
+/// Node counts by cluster, keyed by a 64-bit hash of the cluster id so that an
+/// entry is 12 bytes whatever the id's length; clusters leave when their last
+/// node expires. Fixed-width encoding: (hash u64, nodes u32) little-endian.
+#[derive(Debug, Default, PartialEq)]
+struct ClusterTable {
+    nodes: BTreeMap<u64, u32>,
+}
+
+const TABLE_ENTRY_BYTES: usize = 12;
+
+impl ClusterTable {
+    fn total(&self) -> u32 {
+        self.nodes.values().fold(0u32, |sum, n| sum.saturating_add(*n))
+    }
+
+    fn len(&self) -> u32 {
+        u32::try_from(self.nodes.len()).unwrap_or(u32::MAX)
+    }
+
+    fn nodes_of(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id).copied()
+    }
+
+    fn add(&mut self, id: u64) {
+        let n = self.nodes.entry(id).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.nodes.remove(&id);
+            }
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.nodes.len() * TABLE_ENTRY_BYTES);
+        for (id, n) in &self.nodes {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    /// A table of another layout (or a torn one) reads as empty and is rewritten.
+    fn decode(bytes: &[u8]) -> Self {
+        let entries = bytes.chunks_exact(TABLE_ENTRY_BYTES);
+        if !entries.remainder().is_empty() {
+            return Self::default();
+        }
+        let nodes = entries
+            .filter_map(|e| {
+                let id = u64::from_le_bytes(e.get(..8)?.try_into().ok()?);
+                let n = u32::from_le_bytes(e.get(8..)?.try_into().ok()?);
+                Some((id, n))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Self { nodes }
+    }
+}
+
+fn cluster_hash(cluster: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    cluster.hash(&mut h);
+    h.finish()
+}
+
 fn shard_key(index: u32) -> String {
     format!("{KEY_PREFIX}shard/{index}")
 }
 
-fn count_key() -> String {
-    format!("{KEY_PREFIX}tracked_nodes")
+fn clusters_key() -> String {
+    format!("{KEY_PREFIX}clusters")
 }
 
 fn encode(records: &[NodeRecord]) -> Vec<u8> {
@@ -240,6 +379,10 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
 
+    fn caps(nodes: u32) -> NodeCaps {
+        NodeCaps { nodes, nodes_per_cluster: nodes, clusters: 1_000, retry_after_s: 1 }
+    }
+
     pub(crate) fn score(cluster: &str, node: &str, value: f64) -> NodeScore {
         NodeScore {
             cluster: cluster.into(),
@@ -255,9 +398,9 @@ mod tests {
     fn keeps_the_latest_score_per_node() {
         let store = MemoryStore::default();
         let reg = Registry::new(&store, 100);
-        assert_eq!(reg.record(&score("c", "n1", 0.5), 1_000, 100), Ok(Admission::Inserted));
-        assert_eq!(reg.record(&score("c", "n1", 0.7), 2_000, 100), Ok(Admission::Updated));
-        assert_eq!(reg.record(&score("d", "n1", 0.9), 2_000, 100), Ok(Admission::Inserted));
+        assert_eq!(reg.record(&score("c", "n1", 0.5), 1_000, caps(100)), Ok(Admission::Inserted));
+        assert_eq!(reg.record(&score("c", "n1", 0.7), 2_000, caps(100)), Ok(Admission::Updated));
+        assert_eq!(reg.record(&score("d", "n1", 0.9), 2_000, caps(100)), Ok(Admission::Inserted));
         let mut all = reg.records().unwrap_or_default();
         all.sort_by(|a, b| a.cluster.cmp(&b.cluster));
         assert_eq!(all.len(), 2);
@@ -270,10 +413,10 @@ mod tests {
     fn caps_new_nodes_but_not_known_ones() {
         let store = MemoryStore::default();
         let reg = Registry::new(&store, 2);
-        assert_eq!(reg.record(&score("c", "a", 0.5), 0, 2), Ok(Admission::Inserted));
-        assert_eq!(reg.record(&score("c", "b", 0.5), 0, 2), Ok(Admission::Inserted));
-        assert_eq!(reg.record(&score("c", "x", 0.5), 0, 2), Ok(Admission::OverCapacity));
-        assert_eq!(reg.record(&score("c", "a", 0.6), 0, 2), Ok(Admission::Updated));
+        assert_eq!(reg.record(&score("c", "a", 0.5), 0, caps(2)), Ok(Admission::Inserted));
+        assert_eq!(reg.record(&score("c", "b", 0.5), 0, caps(2)), Ok(Admission::Inserted));
+        assert_eq!(reg.record(&score("c", "x", 0.5), 0, caps(2)), Ok(Admission::OverCapacity(NodeCap::Total)));
+        assert_eq!(reg.record(&score("c", "a", 0.6), 0, caps(2)), Ok(Admission::Updated));
         assert_eq!(reg.records().map(|r| r.len()), Ok(2));
     }
 
@@ -281,13 +424,48 @@ mod tests {
     fn sweep_expires_after_the_ttl_edge_and_frees_slots() {
         let store = MemoryStore::default();
         let reg = Registry::new(&store, 2);
-        let _ = reg.record(&score("c", "old", 0.5), 1_000, 2);
-        let _ = reg.record(&score("c", "new", 0.5), 5_000, 2);
+        let _ = reg.record(&score("c", "old", 0.5), 1_000, caps(2));
+        let _ = reg.record(&score("c", "new", 0.5), 5_000, caps(2));
         assert_eq!(reg.sweep(51_000, 50_000).map(|l| l.len()), Ok(2), "exactly at the TTL still counts");
         let live = reg.sweep(51_001, 50_000).unwrap_or_default();
         assert_eq!(live.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["new"]);
         assert_eq!(reg.tracked_nodes(), Ok(1));
-        assert_eq!(reg.record(&score("c", "third", 0.5), 51_001, 2), Ok(Admission::Inserted));
+        assert_eq!(reg.record(&score("c", "third", 0.5), 51_001, caps(2)), Ok(Admission::Inserted));
+    }
+
+    #[test]
+    fn caps_nodes_per_cluster_and_new_clusters() {
+        let store = MemoryStore::default();
+        let reg = Registry::new(&store, 100);
+        let caps = NodeCaps { nodes: 100, nodes_per_cluster: 2, clusters: 2, retry_after_s: 7 };
+        assert_eq!(reg.record(&score("a", "1", 0.5), 0, caps), Ok(Admission::Inserted));
+        assert_eq!(reg.record(&score("a", "2", 0.5), 0, caps), Ok(Admission::Inserted));
+        assert_eq!(reg.record(&score("a", "3", 0.5), 0, caps), Ok(Admission::OverCapacity(NodeCap::PerCluster)));
+        assert_eq!(
+            reg.record(&score("b", "1", 0.5), 0, caps),
+            Ok(Admission::Inserted),
+            "a full cluster blocks no other"
+        );
+        let refused = Err(FleetError::TooManyClusters { limit: 2, retry_after_s: 7 });
+        assert_eq!(reg.record(&score("c", "1", 0.5), 0, caps), refused);
+        assert_eq!((reg.tracked_nodes(), reg.tracked_clusters()), (Ok(3), Ok(2)));
+        // Once every node of a cluster expires, its slot is free for a new cluster.
+        assert_eq!(reg.record(&score("b", "1", 0.5), 10, caps), Ok(Admission::Updated));
+        assert_eq!(reg.sweep(6, 5).map(|l| l.len()), Ok(1));
+        assert_eq!((reg.tracked_nodes(), reg.tracked_clusters()), (Ok(1), Ok(1)));
+        assert_eq!(reg.record(&score("c", "1", 0.5), 10, caps), Ok(Admission::Inserted));
+    }
+
+    #[test]
+    fn cluster_table_round_trips_and_survives_garbage() {
+        let mut table = ClusterTable::default();
+        (0..3).for_each(|_| table.add(7));
+        table.add(u64::MAX);
+        table.remove(u64::MAX);
+        table.remove(12345);
+        assert_eq!(ClusterTable::decode(&table.encode()), table);
+        assert_eq!((table.total(), table.len()), (3, 1));
+        assert_eq!(ClusterTable::decode(b"torn"), ClusterTable::default());
     }
 
     #[test]
@@ -326,7 +504,7 @@ mod tests {
         let reg = Registry::new(&store, 100);
         let _ = reg.init();
         for i in 0..20 {
-            assert_eq!(reg.record(&score("c", &format!("n{i}"), 0.5), 0, 100), Ok(Admission::Inserted));
+            assert_eq!(reg.record(&score("c", &format!("n{i}"), 0.5), 0, caps(100)), Ok(Admission::Inserted));
         }
         assert_eq!(reg.records().map(|r| r.len()), Ok(20));
         assert_eq!(reg.tracked_nodes(), Ok(20));
@@ -343,7 +521,7 @@ mod tests {
                     let reg = Registry::new(&*store, 1_000);
                     for round in 0..3 {
                         for i in 0..100 {
-                            let _ = reg.record(&score("c", &format!("t{t}-n{i}"), 0.5), round, 1_000);
+                            let _ = reg.record(&score("c", &format!("t{t}-n{i}"), 0.5), round, caps(1_000));
                         }
                     }
                 })

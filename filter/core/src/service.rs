@@ -24,6 +24,10 @@ pub enum DropReason {
     InvalidPoint,
     /// A new node arrived past `max_expected_nodes`.
     MaxExpectedNodes,
+    /// A new node arrived past `max_nodes_per_cluster`.
+    MaxNodesPerCluster,
+    /// A push for a new cluster arrived past `max_clusters` (answered 429).
+    MaxClusters,
     /// A whole request was refused with this status.
     Refused(u16),
 }
@@ -34,6 +38,8 @@ impl DropReason {
         match self {
             Self::InvalidPoint => "invalid_point",
             Self::MaxExpectedNodes => "max_expected_nodes",
+            Self::MaxNodesPerCluster => "max_nodes_per_cluster",
+            Self::MaxClusters => "max_clusters",
             Self::Refused(400) => "bad_request",
             Self::Refused(405) => "method_not_allowed",
             Self::Refused(413) => "body_too_large",
@@ -270,10 +276,11 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         }
         let batch = extract(request, push.cluster.as_deref(), &self.config);
         let registry = self.registry();
-        let mut over_capacity = 0;
+        let caps = self.config.node_caps();
+        let mut over_capacity = Vec::new();
         for score in &batch.scores {
-            if registry.record(score, now_ms, self.config.max_expected_nodes)? == Admission::OverCapacity {
-                over_capacity += 1;
+            if let Admission::OverCapacity(cap) = registry.record(score, now_ms, caps)? {
+                over_capacity.push(cap);
             }
         }
         EventLog::new(&self.store).record(&batch.straggler_events)?;
@@ -284,12 +291,10 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         if batch.rejected > 0 {
             outcome.drops.push((DropReason::InvalidPoint, batch.rejected));
         }
-        if over_capacity > 0 {
-            outcome.drops.push((DropReason::MaxExpectedNodes, over_capacity));
-            rejected += over_capacity;
-            message.get_or_insert_with(|| {
-                format!("new nodes past max_expected_nodes ({}) are not tracked", self.config.max_expected_nodes)
-            });
+        for cap in &over_capacity {
+            outcome.drops.push((cap.drop_reason(), 1));
+            rejected += 1;
+            message.get_or_insert_with(|| cap.message(caps));
         }
         let threshold = match batch.scores.first() {
             Some(first) => book.threshold(&first.cluster, &first.cohort),
@@ -325,10 +330,13 @@ impl PendingPush {
 }
 
 fn refused(format: BodyFormat, error: &FleetError, piggyback: Option<f64>) -> Answer {
-    let status = error.status();
+    let reason = match error {
+        FleetError::TooManyClusters { .. } => DropReason::MaxClusters,
+        _ => DropReason::Refused(error.status()),
+    };
     Answer {
         reply: Reply::error(format, error).with_piggyback(piggyback),
-        outcome: Outcome { drops: vec![(DropReason::Refused(status), 1)], ..Outcome::default() },
+        outcome: Outcome { drops: vec![(reason, 1)], ..Outcome::default() },
     }
 }
 
