@@ -244,14 +244,12 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         let id = cluster_hash(cluster);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (mut table, version) = self.load_clusters()?;
-            if table.total() >= caps.nodes {
-                return Ok(Some(NodeCap::Total));
-            }
             match table.nodes_of(id) {
-                Some(n) if n >= caps.nodes_per_cluster => return Ok(Some(NodeCap::PerCluster)),
                 None if table.len() >= caps.clusters => {
                     return Err(FleetError::TooManyClusters { limit: caps.clusters, retry_after_s: caps.retry_after_s })
                 }
+                _ if table.total() >= caps.nodes => return Ok(Some(NodeCap::Total)),
+                Some(n) if n >= caps.nodes_per_cluster => return Ok(Some(NodeCap::PerCluster)),
                 _ => table.add(id),
             }
             match self.store.set(&clusters_key(), &table.encode(), version) {
