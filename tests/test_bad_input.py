@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
+from dynamic import dynamic_door
 from fleet import agent_push, expected_threshold, fleet_envoy, push, request, scrape, threshold, wait_for
 
 CONFIG = {
@@ -45,7 +46,7 @@ def wasm_filter(config: dict):
 
 # The front doors the matrix runs against, by name: a factory taking the
 # plugin configuration and yielding the door's Ports (push, api, metrics).
-FRONT_DOORS = {"wasm": wasm_filter}
+FRONT_DOORS = {"wasm": wasm_filter, "dynamic": dynamic_door}
 
 
 # === the bodies ===
