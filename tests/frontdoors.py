@@ -1,0 +1,141 @@
+"""Every way to reach a Fleet, behind one interface, so a suite runs the same
+cases against each: `FRONT_DOORS[name](config)` is a context manager yielding
+a `Door` (push, API, metrics and, where offered, OTLP/gRPC ports). The
+configuration is the contract's keys (§6), the same dict for every door.
+A new front door is one factory and one entry in FRONT_DOORS."""
+
+from __future__ import annotations
+
+import copy
+import signal
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import yaml
+
+from fleet import ROOT, Envoy, fleet_envoy, free_port, request, wait_for
+
+SERVER = ROOT / "target/debug/ingero-fleet"
+UPSTREAM_ENVOY = ROOT / "envoy/envoy-upstream.yaml"
+
+
+@dataclass
+class Door:
+    """A running front door's loopback ports; `grpc` is None when it has no OTLP/gRPC."""
+    name: str
+    push: int
+    api: int
+    metrics: int
+    grpc: int | None = None
+
+
+# === the standalone server ===
+
+class Standalone:
+    """A running `ingero-fleet` process; use as a context manager."""
+
+    def __init__(self, config: dict | None = None, config_text: str | None = None, args: tuple = ()):
+        self.ports = {key: free_port() for key in ("otlp_http", "otlp_grpc", "api", "metrics")}
+        tmp = Path(tempfile.mkdtemp(prefix="ingero-fleet-"))
+        self.config_path = tmp / "config.yaml"
+        self.log_path = tmp / "server.log"
+        if config_text is None:
+            document = copy.deepcopy(config or {})
+            document["listen"] = {key: f"127.0.0.1:{port}" for key, port in self.ports.items()}
+            config_text = yaml.safe_dump(document)
+        self.config_path.write_text(config_text)
+        self.args = args
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def door(self) -> Door:
+        p = self.ports
+        return Door("standalone", p["otlp_http"], p["api"], p["metrics"], p["otlp_grpc"])
+
+    def start(self) -> subprocess.Popen:
+        self.process = subprocess.Popen([str(SERVER), "--config", str(self.config_path), *self.args],
+                                        stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        return self.process
+
+    def __enter__(self) -> "Standalone":
+        self.start()
+        try:
+            wait_for(self._ready, timeout=20, what="the standalone server to be ready")
+        except AssertionError:
+            self.__exit__(None, None, None)
+            raise AssertionError(f"ingero-fleet did not start:\n{self.log()}")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"ingero-fleet exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            return request(self.ports["api"], "GET", "/readyz", timeout=1).status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> int:
+        """SIGTERM, then the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def __exit__(self, *exc) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+# === Envoy in front of the standalone ===
+
+def render_upstream(listen: dict, upstream: dict, admin_port: int) -> dict:
+    """envoy/envoy-upstream.yaml with test ports: `listen` and `upstream` map listener names to ports."""
+    config = yaml.safe_load(UPSTREAM_ENVOY.read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    for listener in config["static_resources"]["listeners"]:
+        listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen[listener["name"]])
+    for cluster in config["static_resources"]["clusters"]:
+        name = cluster["name"].removeprefix("fleet_")
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = upstream[name]
+    return config
+
+
+# === the registry ===
+
+@contextmanager
+def filter_door(config: dict) -> Iterator[Door]:
+    """Envoy running the proxy-wasm filter (--concurrency 2); no OTLP/gRPC."""
+    envoy, ports = fleet_envoy(config, concurrency=2)
+    with envoy:
+        yield Door("filter", ports.push, ports.api, ports.metrics)
+
+
+@contextmanager
+def standalone_door(config: dict) -> Iterator[Door]:
+    """The standalone server, reached directly."""
+    with Standalone(config) as server:
+        yield server.door
+
+
+@contextmanager
+def upstream_door(config: dict) -> Iterator[Door]:
+    """Envoy with no filter, proxying every port to the standalone server."""
+    with Standalone(config) as server:
+        listen = {name: free_port() for name in server.ports}
+        with Envoy(render_upstream(listen, server.ports, free_port())):
+            yield Door("upstream", listen["otlp_http"], listen["api"], listen["metrics"], listen["otlp_grpc"])
+
+
+FRONT_DOORS: dict[str, Callable[[dict], ContextManager[Door]]] = {
+    "filter": filter_door,
+    "upstream": upstream_door,
+    "standalone": standalone_door,
+}
