@@ -17,6 +17,7 @@ from typing import Callable, ContextManager, Iterator
 
 import yaml
 
+from dynamic import dynamic_envoy
 from fleet import ROOT, Envoy, fleet_envoy, free_port, request, wait_for
 
 SERVER = ROOT / "target/debug/ingero-fleet"
@@ -45,7 +46,9 @@ class Standalone:
         self.log_path = tmp / "server.log"
         if config_text is None:
             document = copy.deepcopy(config or {})
-            document["listen"] = {key: f"127.0.0.1:{port}" for key, port in self.ports.items()}
+            # Loopback test ports, unless the case sets an address itself.
+            own = {key: f"127.0.0.1:{port}" for key, port in self.ports.items()}
+            document["listen"] = own | document.get("listen", {})
             config_text = yaml.safe_dump(document)
         self.config_path.write_text(config_text)
         self.args = args
@@ -119,6 +122,14 @@ def filter_door(config: dict) -> Iterator[Door]:
 
 
 @contextmanager
+def dynamic_door(config: dict) -> Iterator[Door]:
+    """Envoy running the native dynamic module (--concurrency 4: workers share one registry)."""
+    envoy, ports = dynamic_envoy(config, concurrency=4)
+    with envoy:
+        yield Door("dynamic", ports.push, ports.api, ports.metrics)
+
+
+@contextmanager
 def standalone_door(config: dict) -> Iterator[Door]:
     """The standalone server, reached directly."""
     with Standalone(config) as server:
@@ -136,6 +147,7 @@ def upstream_door(config: dict) -> Iterator[Door]:
 
 FRONT_DOORS: dict[str, Callable[[dict], ContextManager[Door]]] = {
     "filter": filter_door,
+    "dynamic": dynamic_door,
     "upstream": upstream_door,
     "standalone": standalone_door,
 }
