@@ -10,15 +10,15 @@ import gzip
 import json
 import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from dynamic import dynamic_door
-from fleet import agent_push, expected_threshold, fleet_envoy, push, request, scrape, threshold, wait_for
+from frontdoors import dynamic_door
+from fleet import agent_push, expected_threshold, push, request, scrape, threshold, wait_for
+from frontdoors import FRONT_DOORS as SHARED_FRONT_DOORS
 
 CONFIG = {
     "push_interval": "1s",
@@ -36,17 +36,9 @@ JSON, PROTOBUF = "application/json", "application/x-protobuf"
 REASON = {400: "bad_request", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
 
 
-@contextmanager
-def wasm_filter(config: dict):
-    """The proxy-wasm filter inside Envoy."""
-    envoy, ports = fleet_envoy(config, concurrency=2)
-    with envoy:
-        yield ports
-
-
-# The front doors the matrix runs against, by name: a factory taking the
-# plugin configuration and yielding the door's Ports (push, api, metrics).
-FRONT_DOORS = {"wasm": wasm_filter, "dynamic": dynamic_door}
+# Every front door, by name: a factory taking the configuration and yielding
+# the door's ports (push, api, metrics).
+FRONT_DOORS = {**SHARED_FRONT_DOORS, "dynamic": dynamic_door}
 
 
 # === the bodies ===
