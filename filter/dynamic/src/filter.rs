@@ -25,6 +25,7 @@ pub trait Host {
 /// After the request headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadersStatus {
+    /// Not Fleet's request: on to the next filter.
     Continue,
     /// Wait: the body is needed, or a local reply was sent.
     Stop,
@@ -33,6 +34,7 @@ pub enum HeadersStatus {
 /// After a piece of the request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyStatus {
+    /// Nothing pending: on to the next filter.
     Continue,
     /// Keep buffering until the end of the stream.
     Buffer,
