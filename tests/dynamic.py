@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from contextlib import contextmanager
-from typing import Iterator
 
 from fleet import ROOT, Envoy, Ports, free_port, render_envoy
 
@@ -42,10 +40,3 @@ def dynamic_envoy(filter_config: dict | None = None, concurrency: int = 2,
         typed["filter_config"]["value"] = json.dumps(copy.deepcopy(filter_config or {}))
     return Envoy(config, concurrency=concurrency, log_level=log_level), ports
 
-
-@contextmanager
-def dynamic_door(filter_config: dict) -> Iterator[Ports]:
-    """The dynamic module inside Envoy (--concurrency 2), as a front door yielding its ports."""
-    envoy, ports = dynamic_envoy(filter_config, concurrency=2)
-    with envoy:
-        yield ports
