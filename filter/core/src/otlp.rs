@@ -9,31 +9,33 @@ mod proto;
 pub use proto::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse, RpcStatus};
 
 use crate::error::FleetError;
+use std::borrow::Cow;
 
-/// An `ExportMetricsServiceRequest`, reduced to what Fleet reads.
+/// An `ExportMetricsServiceRequest`, reduced to what Fleet reads. Strings borrow
+/// from the body where they can: decoding is the largest cost of a push.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExportRequest {
-    pub resource_metrics: Vec<ResourceMetrics>,
+pub struct ExportRequest<'a> {
+    pub resource_metrics: Vec<ResourceMetrics<'a>>,
 }
 
 /// One resource (one agent) and its metrics, scopes flattened.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ResourceMetrics {
-    pub attributes: Vec<KeyValue>,
-    pub metrics: Vec<Metric>,
+pub struct ResourceMetrics<'a> {
+    pub attributes: Vec<KeyValue<'a>>,
+    pub metrics: Vec<Metric<'a>>,
 }
 
 /// A gauge or sum with its number data points; other kinds have no points here.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Metric {
-    pub name: String,
-    pub points: Vec<NumberPoint>,
+pub struct Metric<'a> {
+    pub name: Cow<'a, str>,
+    pub points: Vec<NumberPoint<'a>>,
 }
 
 /// One number data point.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct NumberPoint {
-    pub attributes: Vec<KeyValue>,
+pub struct NumberPoint<'a> {
+    pub attributes: Vec<KeyValue<'a>>,
     pub time_unix_nano: u64,
     pub value: PointValue,
 }
@@ -63,15 +65,15 @@ impl PointValue {
 
 /// An attribute.
 #[derive(Debug, Clone, PartialEq)]
-pub struct KeyValue {
-    pub key: String,
-    pub value: AnyValue,
+pub struct KeyValue<'a> {
+    pub key: Cow<'a, str>,
+    pub value: AnyValue<'a>,
 }
 
 /// An attribute value; arrays, maps and bytes are not read by Fleet.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub enum AnyValue {
-    String(String),
+pub enum AnyValue<'a> {
+    String(Cow<'a, str>),
     Int(i64),
     Double(f64),
     Bool(bool),
@@ -79,7 +81,7 @@ pub enum AnyValue {
     Other,
 }
 
-impl AnyValue {
+impl AnyValue<'_> {
     /// The value as text, when it is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -100,7 +102,7 @@ impl AnyValue {
 }
 
 /// Looks up an attribute by key.
-pub fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+pub fn attribute<'v, 'a>(attributes: &'v [KeyValue<'a>], key: &str) -> Option<&'v AnyValue<'a>> {
     attributes.iter().find(|kv| kv.key == key).map(|kv| &kv.value)
 }
 
@@ -111,9 +113,9 @@ pub enum BodyFormat {
     Protobuf,
 }
 
-impl ExportRequest {
+impl<'a> ExportRequest<'a> {
     /// Decodes a (decompressed) body.
-    pub fn decode(format: BodyFormat, body: &[u8]) -> Result<Self, FleetError> {
+    pub fn decode(format: BodyFormat, body: &'a [u8]) -> Result<Self, FleetError> {
         match format {
             BodyFormat::Json => json::decode(body),
             BodyFormat::Protobuf => proto::decode(body),
@@ -150,8 +152,8 @@ pub(crate) mod tests {
 
     #[test]
     fn json_and_protobuf_decode_to_the_same_model() {
-        let from_json = ExportRequest::decode(BodyFormat::Json, agent_json("n1", "0.93").as_bytes());
-        let from_json = from_json.unwrap_or_default();
+        let body = agent_json("n1", "0.93");
+        let from_json = ExportRequest::decode(BodyFormat::Json, body.as_bytes()).unwrap_or_default();
         let bytes = proto::encode_for_tests(&from_json);
         let from_proto = ExportRequest::decode(BodyFormat::Protobuf, &bytes).unwrap_or_default();
         assert_eq!(from_json.resource_metrics.len(), 1);
@@ -178,7 +180,8 @@ pub(crate) mod tests {
             ("[1]", PointValue::Invalid("a list".into())),
             ("null", PointValue::Missing),
         ] {
-            let req = ExportRequest::decode(BodyFormat::Json, agent_json("n1", raw).as_bytes()).unwrap_or_default();
+            let body = agent_json("n1", raw);
+            let req = ExportRequest::decode(BodyFormat::Json, body.as_bytes()).unwrap_or_default();
             let got = &req.resource_metrics[0].metrics[0].points[0].value;
             match (got, &expect) {
                 (PointValue::Double(a), PointValue::Double(b)) if a.is_nan() && b.is_nan() => {}

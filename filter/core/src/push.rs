@@ -123,7 +123,7 @@ pub fn names_a_cluster(request: &ExportRequest, query_cluster: Option<&str>) -> 
             && request.resource_metrics.iter().all(|r| resource_cluster(&r.attributes).is_some()))
 }
 
-fn resource_cluster(attributes: &[KeyValue]) -> Option<&str> {
+fn resource_cluster<'v>(attributes: &'v [KeyValue<'_>]) -> Option<&'v str> {
     attribute(attributes, "ingero.cluster.id").and_then(AnyValue::as_str).filter(|s| !s.is_empty())
 }
 
@@ -249,7 +249,7 @@ fn details(attrs: &[KeyValue], metrics: &[Metric], max_len: usize) -> NodeDetail
     for metric in metrics {
         let Some(point) = metric.points.iter().max_by_key(|p| p.time_unix_nano) else { continue };
         let value = point.value.as_f64().ok().filter(|v| v.is_finite());
-        match metric.name.as_str() {
+        match metric.name.as_ref() {
             NODE_INFO => {
                 d.gpu_model = text(&point.attributes, "gpu_model").or(d.gpu_model);
                 d.gpu_count = int(&point.attributes, "gpu_count").or(d.gpu_count);
@@ -372,10 +372,13 @@ mod tests {
 
     #[test]
     fn cluster_presence() {
-        let req = |j: &str| ExportRequest::decode(BodyFormat::Json, j.as_bytes()).unwrap_or_default();
+        fn req(j: &str) -> ExportRequest<'_> {
+            ExportRequest::decode(BodyFormat::Json, j.as_bytes()).unwrap_or_default()
+        }
         assert!(!names_a_cluster(&req("{\"resourceMetrics\":[]}"), None));
         assert!(names_a_cluster(&req("{\"resourceMetrics\":[]}"), Some("c")));
-        assert!(names_a_cluster(&req(&agent_json("n", "0.5")), None));
+        let agent = agent_json("n", "0.5");
+        assert!(names_a_cluster(&req(&agent), None));
         let no_attr = agent_json("n", "0.5").replace("ingero.cluster.id", "other");
         assert!(!names_a_cluster(&req(&no_attr), None));
     }

@@ -175,7 +175,8 @@ proptest! {
         prop_assume!(score.is_finite());
         let json = agent_json(&cluster, &node, &serde_json::to_string(&score).unwrap_or_default());
         let from_json = ExportRequest::decode(BodyFormat::Json, json.as_bytes());
-        let from_proto = ExportRequest::decode(BodyFormat::Protobuf, &agent_protobuf(&cluster, &node, score));
+        let protobuf = agent_protobuf(&cluster, &node, score);
+        let from_proto = ExportRequest::decode(BodyFormat::Protobuf, &protobuf);
         prop_assert!(from_json.is_ok(), "{:?}", from_json);
         prop_assert_eq!(from_json, from_proto);
     }

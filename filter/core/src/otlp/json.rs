@@ -4,9 +4,10 @@ use super::{AnyValue, ExportRequest, KeyValue, Metric, NumberPoint, PointValue, 
 use crate::error::FleetError;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::fmt;
 
-pub(super) fn decode(body: &[u8]) -> Result<ExportRequest, FleetError> {
+pub(super) fn decode(body: &[u8]) -> Result<ExportRequest<'_>, FleetError> {
     // serde would also accept a struct spelled as a JSON list; OTLP bodies are objects.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(FleetError::BadJson("the body must be a JSON object".into()));
@@ -50,91 +51,101 @@ fn nesting_depth(body: &[u8]) -> usize {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawRequest {
-    #[serde(default)]
-    resource_metrics: Vec<RawResourceMetrics>,
+struct RawRequest<'a> {
+    #[serde(default, borrow)]
+    resource_metrics: Vec<RawResourceMetrics<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawResourceMetrics {
-    #[serde(default)]
-    resource: RawResource,
-    #[serde(default)]
-    scope_metrics: Vec<RawScopeMetrics>,
+struct RawResourceMetrics<'a> {
+    #[serde(default, borrow)]
+    resource: RawResource<'a>,
+    #[serde(default, borrow)]
+    scope_metrics: Vec<RawScopeMetrics<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-struct RawResource {
-    #[serde(default)]
-    attributes: Vec<RawKeyValue>,
+struct RawResource<'a> {
+    #[serde(default, borrow)]
+    attributes: Vec<RawKeyValue<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawScopeMetrics {
-    #[serde(default)]
-    metrics: Vec<RawMetric>,
+struct RawScopeMetrics<'a> {
+    #[serde(default, borrow)]
+    metrics: Vec<RawMetric<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawMetric {
-    #[serde(default)]
-    name: String,
-    gauge: Option<RawPoints>,
-    sum: Option<RawPoints>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawPoints {
-    #[serde(default)]
-    data_points: Vec<RawPoint>,
+struct RawMetric<'a> {
+    #[serde(default, borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    gauge: Option<RawPoints<'a>>,
+    #[serde(borrow)]
+    sum: Option<RawPoints<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawPoint {
-    #[serde(default)]
-    attributes: Vec<RawKeyValue>,
-    time_unix_nano: Option<Lenient>,
-    as_double: Option<Lenient>,
-    as_int: Option<Lenient>,
+struct RawPoints<'a> {
+    #[serde(default, borrow)]
+    data_points: Vec<RawPoint<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawKeyValue {
-    key: String,
-    #[serde(default)]
-    value: RawAnyValue,
+#[serde(rename_all = "camelCase")]
+struct RawPoint<'a> {
+    #[serde(default, borrow)]
+    attributes: Vec<RawKeyValue<'a>>,
+    #[serde(borrow)]
+    time_unix_nano: Option<Lenient<'a>>,
+    #[serde(borrow)]
+    as_double: Option<Lenient<'a>>,
+    #[serde(borrow)]
+    as_int: Option<Lenient<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawKeyValue<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    value: RawAnyValue<'a>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct RawAnyValue {
-    string_value: Option<Lenient>,
-    int_value: Option<Lenient>,
-    double_value: Option<Lenient>,
-    bool_value: Option<Lenient>,
+struct RawAnyValue<'a> {
+    #[serde(borrow)]
+    string_value: Option<Lenient<'a>>,
+    #[serde(borrow)]
+    int_value: Option<Lenient<'a>>,
+    #[serde(borrow)]
+    double_value: Option<Lenient<'a>>,
+    #[serde(borrow)]
+    bool_value: Option<Lenient<'a>>,
 }
 
 // === conversions into the model ===
 
-impl From<RawResourceMetrics> for ResourceMetrics {
-    fn from(raw: RawResourceMetrics) -> Self {
+impl<'a> From<RawResourceMetrics<'a>> for ResourceMetrics<'a> {
+    fn from(raw: RawResourceMetrics<'a>) -> Self {
         let metrics = raw.scope_metrics.into_iter().flat_map(|s| s.metrics).map(Metric::from).collect();
         Self { attributes: key_values(raw.resource.attributes), metrics }
     }
 }
 
-impl From<RawMetric> for Metric {
-    fn from(raw: RawMetric) -> Self {
+impl<'a> From<RawMetric<'a>> for Metric<'a> {
+    fn from(raw: RawMetric<'a>) -> Self {
         let points = raw.gauge.or(raw.sum).map(|p| p.data_points).unwrap_or_default();
         Self { name: raw.name, points: points.into_iter().map(NumberPoint::from).collect() }
     }
 }
 
-impl From<RawPoint> for NumberPoint {
-    fn from(raw: RawPoint) -> Self {
+impl<'a> From<RawPoint<'a>> for NumberPoint<'a> {
+    fn from(raw: RawPoint<'a>) -> Self {
         let value = match (raw.as_double, raw.as_int) {
             (Some(v), _) => v.into_double(),
             (None, Some(v)) => v.into_int(),
@@ -149,12 +160,12 @@ impl From<RawPoint> for NumberPoint {
     }
 }
 
-fn key_values(raw: Vec<RawKeyValue>) -> Vec<KeyValue> {
+fn key_values(raw: Vec<RawKeyValue<'_>>) -> Vec<KeyValue<'_>> {
     raw.into_iter().map(|kv| KeyValue { key: kv.key, value: kv.value.into() }).collect()
 }
 
-impl From<RawAnyValue> for AnyValue {
-    fn from(raw: RawAnyValue) -> Self {
+impl<'a> From<RawAnyValue<'a>> for AnyValue<'a> {
+    fn from(raw: RawAnyValue<'a>) -> Self {
         if let Some(Lenient::Text(s)) = raw.string_value {
             return AnyValue::String(s);
         }
@@ -174,22 +185,22 @@ impl From<RawAnyValue> for AnyValue {
 // === impl Lenient ===
 
 /// Any JSON value, kept as far as Fleet cares; structure errors inside it are impossible.
-enum Lenient {
+enum Lenient<'a> {
     Int(i64),
     Float(f64),
-    Text(String),
+    Text(Cow<'a, str>),
     Bool(bool),
     /// An object, list or out-of-range number; the text names it.
     Other(&'static str),
 }
 
-impl Lenient {
+impl Lenient<'_> {
     fn into_double(self) -> PointValue {
         match self {
             Self::Int(i) => PointValue::Double(i as f64),
             Self::Float(f) => PointValue::Double(f),
             // The protobuf JSON mapping spells non-finite doubles as strings.
-            Self::Text(t) => match t.as_str() {
+            Self::Text(t) => match t.as_ref() {
                 "NaN" => PointValue::Double(f64::NAN),
                 "Infinity" => PointValue::Double(f64::INFINITY),
                 "-Infinity" => PointValue::Double(f64::NEG_INFINITY),
@@ -230,46 +241,49 @@ impl Lenient {
     }
 }
 
-impl<'de> Deserialize<'de> for Lenient {
+impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(LenientVisitor)
+        deserializer.deserialize_any(LenientVisitor(std::marker::PhantomData))
     }
 }
 
-struct LenientVisitor;
+struct LenientVisitor<'a>(std::marker::PhantomData<&'a ()>);
 
-impl<'de> Visitor<'de> for LenientVisitor {
-    type Value = Lenient;
+impl<'de: 'a, 'a> Visitor<'de> for LenientVisitor<'a> {
+    type Value = Lenient<'a>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Lenient, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Lenient<'a>, E> {
         Ok(Lenient::Int(v))
     }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Lenient, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Lenient<'a>, E> {
         Ok(i64::try_from(v).map_or(Lenient::Float(v as f64), Lenient::Int))
     }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Lenient, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Lenient<'a>, E> {
         Ok(Lenient::Float(v))
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Lenient, E> {
-        Ok(Lenient::Text(v.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Lenient<'a>, E> {
+        Ok(Lenient::Text(Cow::Borrowed(v)))
     }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Lenient, E> {
-        Ok(Lenient::Text(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Lenient<'a>, E> {
+        Ok(Lenient::Text(Cow::Owned(v.to_owned())))
     }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Lenient, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Lenient<'a>, E> {
+        Ok(Lenient::Text(Cow::Owned(v)))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Lenient<'a>, E> {
         Ok(Lenient::Bool(v))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Lenient, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Lenient<'a>, E> {
         Ok(Lenient::Other("null"))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Lenient, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Lenient<'a>, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Lenient::Other("an object"))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Lenient, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Lenient<'a>, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Lenient::Other("a list"))
     }

@@ -4,8 +4,9 @@
 use super::{AnyValue, ExportRequest, KeyValue, Metric, NumberPoint, PointValue, ResourceMetrics};
 use crate::error::FleetError;
 use prost::Message;
+use std::borrow::Cow;
 
-pub(super) fn decode(body: &[u8]) -> Result<ExportRequest, FleetError> {
+pub(super) fn decode(body: &[u8]) -> Result<ExportRequest<'static>, FleetError> {
     let raw = ExportMetricsServiceRequest::decode(body).map_err(|e| FleetError::BadProtobuf(e.to_string()))?;
     Ok(ExportRequest { resource_metrics: raw.resource_metrics.into_iter().map(Into::into).collect() })
 }
@@ -130,24 +131,24 @@ pub struct RpcStatus {
 
 // === conversions into the model ===
 
-impl From<PbResourceMetrics> for ResourceMetrics {
+impl From<PbResourceMetrics> for ResourceMetrics<'static> {
     fn from(raw: PbResourceMetrics) -> Self {
         let metrics = raw.scope_metrics.into_iter().flat_map(|s| s.metrics).map(Metric::from).collect();
         Self { attributes: key_values(raw.resource.map(|r| r.attributes).unwrap_or_default()), metrics }
     }
 }
 
-impl From<PbMetric> for Metric {
+impl From<PbMetric> for Metric<'static> {
     fn from(raw: PbMetric) -> Self {
         let points = match raw.data {
             Some(PbData::Gauge(p) | PbData::Sum(p)) => p.data_points,
             None => Vec::new(),
         };
-        Self { name: raw.name, points: points.into_iter().map(NumberPoint::from).collect() }
+        Self { name: Cow::Owned(raw.name), points: points.into_iter().map(NumberPoint::from).collect() }
     }
 }
 
-impl From<PbNumberDataPoint> for NumberPoint {
+impl From<PbNumberDataPoint> for NumberPoint<'static> {
     fn from(raw: PbNumberDataPoint) -> Self {
         let value = match raw.value {
             Some(PbNumber::AsDouble(v)) => PointValue::Double(v),
@@ -158,17 +159,17 @@ impl From<PbNumberDataPoint> for NumberPoint {
     }
 }
 
-fn key_values(raw: Vec<PbKeyValue>) -> Vec<KeyValue> {
+fn key_values(raw: Vec<PbKeyValue>) -> Vec<KeyValue<'static>> {
     raw.into_iter()
         .map(|kv| {
             let value = match kv.value.and_then(|v| v.value) {
-                Some(PbAny::String(s)) => AnyValue::String(s),
+                Some(PbAny::String(s)) => AnyValue::String(Cow::Owned(s)),
                 Some(PbAny::Bool(b)) => AnyValue::Bool(b),
                 Some(PbAny::Int(i)) => AnyValue::Int(i),
                 Some(PbAny::Double(d)) => AnyValue::Double(d),
                 None => AnyValue::Other,
             };
-            KeyValue { key: kv.key, value }
+            KeyValue { key: Cow::Owned(kv.key), value }
         })
         .collect()
 }
@@ -180,10 +181,10 @@ pub(crate) fn encode_for_tests(req: &ExportRequest) -> Vec<u8> {
         attrs
             .iter()
             .map(|kv| PbKeyValue {
-                key: kv.key.clone(),
+                key: kv.key.to_string(),
                 value: Some(PbAnyValue {
                     value: match &kv.value {
-                        AnyValue::String(s) => Some(PbAny::String(s.clone())),
+                        AnyValue::String(s) => Some(PbAny::String(s.to_string())),
                         AnyValue::Int(i) => Some(PbAny::Int(*i)),
                         AnyValue::Double(d) => Some(PbAny::Double(*d)),
                         AnyValue::Bool(b) => Some(PbAny::Bool(*b)),
@@ -204,7 +205,7 @@ pub(crate) fn encode_for_tests(req: &ExportRequest) -> Vec<u8> {
                         .metrics
                         .iter()
                         .map(|m| PbMetric {
-                            name: m.name.clone(),
+                            name: m.name.to_string(),
                             data: Some(PbData::Gauge(PbPoints {
                                 data_points: m
                                     .points
