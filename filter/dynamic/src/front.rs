@@ -1,6 +1,7 @@
 //! Process-wide Fleet state: Envoy loads the module once per process, so every
 //! worker thread shares one node store, one set of counters and one published
 //! threshold book per filter name (what a `vm_id` is to the wasm filter).
+#![forbid(unsafe_code)]
 
 use ingero_fleet_core::metrics::Counter;
 use ingero_fleet_core::{Config, CounterSink, Fleet, MemoryCounters, MemoryStore, ThresholdBook};
