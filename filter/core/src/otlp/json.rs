@@ -16,7 +16,7 @@ pub(super) fn decode(body: &[u8]) -> Result<ExportRequest<'_>, FleetError> {
         return Err(FleetError::BadJson(format!("nesting deeper than {MAX_DEPTH} levels")));
     }
     let raw: RawRequest = serde_json::from_slice(body).map_err(|e| FleetError::BadJson(e.to_string()))?;
-    Ok(ExportRequest { resource_metrics: raw.resource_metrics.into_iter().map(Into::into).collect() })
+    Ok(ExportRequest { resource_metrics: raw.resource_metrics })
 }
 
 /// OTLP metrics nest about ten levels; anything far deeper is an attack, refused
@@ -53,7 +53,7 @@ fn nesting_depth(body: &[u8]) -> usize {
 #[serde(rename_all = "camelCase")]
 struct RawRequest<'a> {
     #[serde(default, borrow)]
-    resource_metrics: Vec<RawResourceMetrics<'a>>,
+    resource_metrics: Vec<ResourceMetrics<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -68,13 +68,13 @@ struct RawResourceMetrics<'a> {
 #[derive(Deserialize, Default)]
 struct RawResource<'a> {
     #[serde(default, borrow)]
-    attributes: Vec<RawKeyValue<'a>>,
+    attributes: Vec<KeyValue<'a>>,
 }
 
 #[derive(Deserialize)]
 struct RawScopeMetrics<'a> {
     #[serde(default, borrow)]
-    metrics: Vec<RawMetric<'a>>,
+    metrics: Vec<Metric<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -91,14 +91,14 @@ struct RawMetric<'a> {
 #[serde(rename_all = "camelCase")]
 struct RawPoints<'a> {
     #[serde(default, borrow)]
-    data_points: Vec<RawPoint<'a>>,
+    data_points: Vec<NumberPoint<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawPoint<'a> {
     #[serde(default, borrow)]
-    attributes: Vec<RawKeyValue<'a>>,
+    attributes: Vec<KeyValue<'a>>,
     #[serde(borrow)]
     time_unix_nano: Option<Lenient<'a>>,
     #[serde(borrow)]
@@ -130,17 +130,43 @@ struct RawAnyValue<'a> {
 
 // === conversions into the model ===
 
+/// Model types deserialize through their raw JSON shape; the conversion moves
+/// the vectors it keeps instead of copying them.
+macro_rules! deserialize_via {
+    ($model:ident, $raw:ident) => {
+        impl<'de: 'a, 'a> Deserialize<'de> for $model<'a> {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                $raw::deserialize(deserializer).map(Self::from)
+            }
+        }
+    };
+}
+
+deserialize_via!(ResourceMetrics, RawResourceMetrics);
+deserialize_via!(Metric, RawMetric);
+deserialize_via!(NumberPoint, RawPoint);
+deserialize_via!(KeyValue, RawKeyValue);
+
 impl<'a> From<RawResourceMetrics<'a>> for ResourceMetrics<'a> {
     fn from(raw: RawResourceMetrics<'a>) -> Self {
-        let metrics = raw.scope_metrics.into_iter().flat_map(|s| s.metrics).map(Metric::from).collect();
-        Self { attributes: key_values(raw.resource.attributes), metrics }
+        let mut scopes = raw.scope_metrics.into_iter();
+        // Agents send one scope: keep its vector as is.
+        let mut metrics = scopes.next().map(|s| s.metrics).unwrap_or_default();
+        metrics.extend(scopes.flat_map(|s| s.metrics));
+        Self { attributes: raw.resource.attributes, metrics }
     }
 }
 
 impl<'a> From<RawMetric<'a>> for Metric<'a> {
     fn from(raw: RawMetric<'a>) -> Self {
         let points = raw.gauge.or(raw.sum).map(|p| p.data_points).unwrap_or_default();
-        Self { name: raw.name, points: points.into_iter().map(NumberPoint::from).collect() }
+        Self { name: raw.name, points }
+    }
+}
+
+impl<'a> From<RawKeyValue<'a>> for KeyValue<'a> {
+    fn from(raw: RawKeyValue<'a>) -> Self {
+        Self { key: raw.key, value: raw.value.into() }
     }
 }
 
@@ -156,12 +182,8 @@ impl<'a> From<RawPoint<'a>> for NumberPoint<'a> {
             Some(Lenient::Text(t)) => t.trim().parse().unwrap_or(0),
             _ => 0,
         };
-        Self { attributes: key_values(raw.attributes), time_unix_nano, value }
+        Self { attributes: raw.attributes, time_unix_nano, value }
     }
-}
-
-fn key_values(raw: Vec<RawKeyValue<'_>>) -> Vec<KeyValue<'_>> {
-    raw.into_iter().map(|kv| KeyValue { key: kv.key, value: kv.value.into() }).collect()
 }
 
 impl<'a> From<RawAnyValue<'a>> for AnyValue<'a> {
