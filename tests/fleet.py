@@ -131,9 +131,10 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, what: str 
 # === Envoy ===
 
 def render_envoy(plugin_config: dict, ports: dict, admin_port: int,
-                 template: Path = ROOT / "envoy/envoy.yaml") -> dict:
-    """envoy/envoy.yaml with test ports (by listener name), the built filter and a plugin configuration."""
-    config = yaml.safe_load(template.read_text())
+                 template: Path | dict = ROOT / "envoy/envoy.yaml") -> dict:
+    """envoy/envoy.yaml (or another config, a file or parsed) with test ports (by listener name), the built
+    filter and a plugin configuration."""
+    config = copy.deepcopy(template) if isinstance(template, dict) else yaml.safe_load(template.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in config["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["address"] = "127.0.0.1"
@@ -215,11 +216,12 @@ class Ports:
     metrics: int
 
 
-def fleet_envoy(plugin_config: dict | None = None, concurrency: int = 2) -> tuple[Envoy, Ports]:
+def fleet_envoy(plugin_config: dict | None = None, concurrency: int = 2,
+                template: Path | dict = ROOT / "envoy/envoy.yaml") -> tuple[Envoy, Ports]:
     """An Envoy running the filter, and its push, API and metrics ports."""
     ports = Ports(free_port(), free_port(), free_port())
     by_listener = {"otlp_http": ports.push, "api": ports.api, "metrics": ports.metrics}
-    config = render_envoy(copy.deepcopy(plugin_config or {}), by_listener, free_port())
+    config = render_envoy(copy.deepcopy(plugin_config or {}), by_listener, free_port(), template)
     return Envoy(config, concurrency=concurrency), ports
 
 

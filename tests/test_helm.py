@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fleet import (ROOT, WASM, Envoy, Ports, agent_push, expected_threshold, free_port, push, render_envoy,
+from fleet import (ROOT, WASM, Envoy, Ports, agent_push, expected_threshold, fleet_envoy, push, render_envoy,
                    scrape, threshold, wait_for)
 
 HELM = ROOT / ".tools/bin/helm"
@@ -231,15 +231,9 @@ def test_notes_print_the_guide_verify_commands():
 
 # === the rendered configuration, run for real ===
 
-def loopback(rendered: dict) -> tuple[dict, Ports]:
-    """The chart's Envoy config on free loopback ports with the built .wasm: render_envoy's rewrites."""
-    ports = Ports(free_port(), free_port(), free_port())
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(rendered, f)
-    config = render_envoy(plugin_config(rendered), {"otlp_http": ports.push, "api": ports.api,
-                                                    "metrics": ports.metrics}, free_port(), template=Path(f.name))
-    Path(f.name).unlink()
-    return config, ports
+def loopback(rendered: dict, concurrency: int = 2) -> tuple[Envoy, Ports]:
+    """The chart's Envoy config on free loopback ports with the built .wasm (render_envoy's rewrites only)."""
+    return fleet_envoy(plugin_config(rendered), concurrency, template=rendered)
 
 
 def test_chart_envoy_config_is_the_tested_one():
@@ -247,16 +241,13 @@ def test_chart_envoy_config_is_the_tested_one():
     rendered = envoy_config(render(*VALUE_SETS["guide-custom"]))
     chart, ports = loopback(rendered)
     by_listener = {"otlp_http": ports.push, "api": ports.api, "metrics": ports.metrics}
-    admin = chart["admin"]["address"]["socket_address"]["port_value"]
-    reference = render_envoy(plugin_config(rendered), by_listener, admin)
-    assert chart == reference
+    assert chart.config == render_envoy(plugin_config(rendered), by_listener, chart.admin_port)
 
 
 def test_chart_envoy_config_runs_with_the_guide_values():
     """`--set config.threshold.k=2.5 --set config.push_interval=30s --set config.max_expected_nodes=100`."""
-    rendered = envoy_config(render(*VALUE_SETS["guide-custom"]))
-    config, ports = loopback(rendered)
-    with Envoy(config, concurrency=2):
+    envoy, ports = loopback(envoy_config(render(*VALUE_SETS["guide-custom"])))
+    with envoy:
         assert threshold(ports.api, "c").body == b'{"threshold":0,"quorum_met":false}'
         for i in range(100):
             assert push(ports.push, "c", agent_push(f"n{i}", 0.9, cluster="c")).status == 200
@@ -269,9 +260,9 @@ def test_chart_plugin_configuration_reaches_the_filter():
     """k and the push interval from --set change the published threshold, computed independently."""
     values = ["--set", "config.threshold.k=2.5", "--set", "config.push_interval=1s",
               "--set", "config.threshold.ema_alpha=1", "--set", "config.max_expected_nodes=100"]
-    config, ports = loopback(envoy_config(render(*values)))
+    envoy, ports = loopback(envoy_config(render(*values)))
     scores = [0.95, 0.93, 0.9, 0.91, 0.6, 0.88, 0.94]
-    with Envoy(config, concurrency=2):
+    with envoy:
         for i, score in enumerate(scores):
             assert push(ports.push, "k25", agent_push(f"n{i}", score, cluster="k25")).status == 200
         expected = expected_threshold(scores, k=2.5)
@@ -292,8 +283,8 @@ def test_helm_test_hook_queries_the_threshold_api():
     (container,) = hook["spec"]["containers"]
     command = container["command"] + container["args"]
     assert command[:2] == ["sh", "-c"] and "http://ingero-fleet:8080/api/v1/threshold" in command[2]
-    config, ports = loopback(envoy_config(manifests))
-    with Envoy(config, concurrency=1):
+    envoy, ports = loopback(envoy_config(manifests), concurrency=1)
+    with envoy:
         script = command[2].replace("http://ingero-fleet:8080", f"http://127.0.0.1:{ports.api}")
         result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from fleet import (ROOT, COLD_START, Envoy, Ports, agent_push, free_port, push, render_envoy, scrape,
-                   threshold)
+from fleet import ROOT, COLD_START, agent_push, fleet_envoy, push, scrape, threshold
 
 ISTIO = ROOT / "istio"
 PORTS = {4318, 8080, 8888}
@@ -134,14 +131,9 @@ def envoyfilter_envoy():
             for f in chain["filters"]:
                 hfs = f["typed_config"]["http_filters"]
                 hfs[:] = [copy.deepcopy(value) if hf["name"] == value["name"] else hf for hf in hfs]
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(config, f)
-    ports = Ports(free_port(), free_port(), free_port())
-    plugin = json.loads(value["typed_config"]["config"]["configuration"]["value"])
-    rendered = render_envoy(plugin, {"otlp_http": ports.push, "api": ports.api, "metrics": ports.metrics},
-                            free_port(), template=Path(f.name))
-    Path(f.name).unlink()
-    with Envoy(rendered, concurrency=2):
+    envoy, ports = fleet_envoy(json.loads(value["typed_config"]["config"]["configuration"]["value"]),
+                               template=config)
+    with envoy:
         yield ports
 
 
