@@ -7,7 +7,6 @@ A new front door is one factory and one entry in FRONT_DOORS."""
 from __future__ import annotations
 
 import copy
-import signal
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -83,11 +82,6 @@ class Standalone:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-    def terminate(self) -> int:
-        """SIGTERM, then the exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
 
     def __exit__(self, *exc) -> None:
         if self.process and self.process.poll() is None:

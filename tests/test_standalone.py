@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import signal
 import socket
 import subprocess
 
@@ -99,7 +100,7 @@ def test_sigterm_answers_the_push_in_flight_then_exits():
             client.sendall(head + body[:20])
             # A later connection answered means this one was accepted first (one listener, FIFO).
             assert request(port, "GET", "/healthz").status == 200
-            server.process.send_signal(15)
+            server.process.send_signal(signal.SIGTERM)
             wait_for(lambda: "SIGTERM: draining" in server.log(), what="the server to start draining")
             client.sendall(body[20:])
             answer = client.makefile("rb").read()
