@@ -82,6 +82,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, ServerE
 
 /// Binds every port, serves until SIGTERM, then drains.
 async fn serve(state: Arc<State>) -> Result<(), ServerError> {
+    let mut signals = shutdown::Signals::install()?;
     let Listen { otlp_http, otlp_grpc, api, metrics } = state.fleet().config().listen.clone();
     let http_ports = [("listen.otlp_http", otlp_http), ("listen.api", api), ("listen.metrics", metrics)];
     let mut http_listeners = Vec::new();
@@ -108,15 +109,14 @@ async fn serve(state: Arc<State>) -> Result<(), ServerError> {
 
     state.set_ready(true);
     log::info!("ready");
-    let signal = tokio::select! {
-        signal = shutdown::termination() => signal?,
-        Some(done) = servers.join_next() => {
-            // A server that stops on its own is a failure: shut the rest down too.
-            log::error!("a server stopped unexpectedly: {done:?}");
-            "server failure"
+    let failure = tokio::select! {
+        signal = signals.recv() => {
+            log::info!("{signal}: draining in-flight requests");
+            None
         }
+        // A server that stops on its own is a failure: shut the rest down too.
+        Some(done) = servers.join_next() => Some(format!("a server stopped unexpectedly: {done:?}")),
     };
-    log::info!("{signal}: draining in-flight requests");
     state.set_ready(false);
     let _ = stop.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -132,7 +132,7 @@ async fn serve(state: Arc<State>) -> Result<(), ServerError> {
     }
     ticker.abort();
     log::info!("stopped");
-    Ok(())
+    failure.map_or(Ok(()), |reason| Err(ServerError::Io(std::io::Error::other(reason))))
 }
 
 async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, ServerError> {
