@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from frontdoors import Standalone
 from fleet import (ROOT, WASM, Envoy, Ports, agent_push, expected_threshold, fleet_envoy, push, render_envoy,
                    scrape, threshold, wait_for)
 
@@ -86,15 +87,19 @@ def test_lint(name):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
-def test_rendered_manifests_are_valid_kubernetes(name):
-    manifests = render(*VALUE_SETS[name])
+def validate(manifests: list[dict]) -> list[str]:
+    """Checks every manifest against the Kubernetes schemas (unknown fields are errors); their kind/name."""
     for m in manifests:
         try:
             kubernetes_validate.validate(m, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
             pytest.fail(f"{m['kind']}/{m['metadata']['name']}: {e.message} at {list(e.absolute_path)}")
-    kinds = sorted(f"{m['kind']}/{m['metadata']['name']}" for m in manifests)
+    return sorted(f"{m['kind']}/{m['metadata']['name']}" for m in manifests)
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_manifests_are_valid_kubernetes(name):
+    kinds = validate(render(*VALUE_SETS[name]))
     lb = ["ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb", "Service/ingero-fleet-lb"]
     assert kinds == sorted(["ConfigMap/ingero-fleet-envoy", "ConfigMap/ingero-fleet-wasm",
                             "Pod/ingero-fleet-test-threshold", "Service/ingero-fleet", "StatefulSet/ingero-fleet",
@@ -121,7 +126,7 @@ def test_replicas_have_stable_names_and_a_hardened_pod(name):
     # The mounted files are the rendered Envoy config and the built filter.
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     args = container["args"]
-    assert args[args.index("--config-path") + 1] == mounts["envoy-config"] + "/envoy.yaml"
+    assert args[args.index("--config-path") + 1] == mounts["config"] + "/envoy.yaml"
     wasm_path = wasm_filters(envoy_config(manifests))[0]["vm_config"]["code"]["local"]["filename"]
     assert wasm_path == mounts["wasm"] + "/ingero_fleet_wasm.wasm"
     binary = find(manifests, "ConfigMap", "ingero-fleet-wasm")["binaryData"]["ingero_fleet_wasm.wasm"]
@@ -292,3 +297,46 @@ def test_helm_test_hook_queries_the_threshold_api():
     # With a front load balancer the hook goes through it, as agents do.
     ha = find(render(*VALUE_SETS["guide-ha"]), "Pod", "ingero-fleet-test-threshold")
     assert "http://ingero-fleet-lb:8080/api/v1/threshold" in ha["spec"]["containers"][0]["args"][0]
+
+
+# === standalone mode: the server instead of Envoy with the filter ===
+
+STANDALONE = ("--set", "standalone.enabled=true", "--set", "replicaCount=2")
+
+
+def test_standalone_mode_runs_the_server_with_grpc():
+    manifests = render(*STANDALONE)
+    assert validate(manifests) == sorted([
+        "ConfigMap/ingero-fleet-config", "ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb",
+        "Pod/ingero-fleet-test-threshold", "Service/ingero-fleet", "Service/ingero-fleet-lb",
+        "StatefulSet/ingero-fleet"])
+    ports = {p["name"]: p["port"] for p in find(manifests, "Service", "ingero-fleet")["spec"]["ports"]}
+    assert ports == {"http-otlp": 4318, "grpc-otlp": 4317, "http-api": 8080, "http-metrics": 8888}
+    pod = find(manifests, "StatefulSet", "ingero-fleet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/ingero-io/ingero-fleet:latest"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert [v["name"] for v in pod["volumes"]] == ["config", "tmp"]
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["config"]
+    assert container["args"] == ["--config", f"{mount}/config.yaml"]
+
+
+def test_standalone_config_reaches_the_server():
+    """The rendered config.yaml, listen addresses moved to loopback, run by the real server."""
+    values = [*STANDALONE, "--set", "config.threshold.k=2.5", "--set", "config.push_interval=1s",
+              "--set", "config.threshold.ema_alpha=1"]
+    config = yaml.safe_load(find(render(*values), "ConfigMap", "ingero-fleet-config")["data"]["config.yaml"])
+    assert config["listen"]["otlp_grpc"] == "0.0.0.0:4317"
+    del config["listen"]  # Standalone listens on free loopback ports instead
+    scores = [0.95, 0.93, 0.9, 0.91, 0.6, 0.88, 0.94]
+    with Standalone(config) as server:
+        door = server.door
+        for i, score in enumerate(scores):
+            assert push(door.push, "k25", agent_push(f"n{i}", score, cluster="k25")).status == 200
+
+        def published():
+            body = threshold(door.api, "k25").json()
+            return body if body["quorum_met"] else None
+        body = wait_for(published, what="a threshold from the chart's standalone config")
+        assert abs(body["threshold"] - expected_threshold(scores, k=2.5)) < 1e-9

@@ -118,6 +118,23 @@ replicas' push and API ports.
 {{- toYaml $lb -}}
 {{- end -}}
 
+{{/* The replicas' configuration file: the Envoy config, or the standalone server's config.yaml. */}}
+{{- define "ingero-fleet.podConfig" -}}
+{{- if .Values.standalone.enabled -}}
+{{- include "ingero-fleet.pluginConfig" . | fromJson | toYaml -}}
+{{- else -}}
+{{- include "ingero-fleet.envoyConfig" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ingero-fleet.configFile" -}}
+{{- ternary "config.yaml" "envoy.yaml" (.Values.standalone.enabled | default false) -}}
+{{- end -}}
+
+{{- define "ingero-fleet.configMapName" -}}
+{{- include "ingero-fleet.fullname" . }}-{{ ternary "config" "envoy" (.Values.standalone.enabled | default false) -}}
+{{- end -}}
+
 {{/* True when the consistent-hash front runs. */}}
 {{- define "ingero-fleet.lbEnabled" -}}
 {{- if and .Values.lb.enabled (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
