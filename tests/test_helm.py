@@ -305,6 +305,7 @@ STANDALONE = ("--set", "standalone.enabled=true", "--set", "replicaCount=2")
 
 
 def test_standalone_mode_runs_the_server_with_grpc():
+    assert helm("lint", "--strict", *STANDALONE).returncode == 0
     manifests = render(*STANDALONE)
     assert validate(manifests) == sorted([
         "ConfigMap/ingero-fleet-config", "ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb",
