@@ -1,0 +1,207 @@
+"""Turns scripts/bench results into docs/bench.md (tables, ratios to the
+anchor) and docs/bench.png (latency against offered rate)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bench_doors import ROOT  # noqa: E402
+
+DOCS = ROOT / "docs"
+MIB = 1024 * 1024
+
+
+def _ms(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.0f}"
+
+
+def _errors(side: dict) -> str:
+    if not side["error_count"] and not side["unsent"]:
+        return "0"
+    parts = [f"{k} {v}" for k, v in side["errors"].items()]
+    if side["unsent"]:
+        parts.append(f"unsent {side['unsent']}")
+    return ", ".join(parts)
+
+
+def _cpu_us_per_request(run: dict) -> float:
+    rps = run["pushes"]["achieved_rps"] + run["queries"]["achieved_rps"]
+    return run["server"]["cpu_pct"] / 100 / rps * 1e6 if rps else 0.0
+
+
+def summary(results: dict) -> list[str]:
+    doors = results["doors"]
+    anchor = doors.get("anchor", {}).get("saturation", {}).get("pushes", {}).get("achieved_rps")
+    lines = ["| front door | saturation pushes/s | ratio to anchor | p50 / p99 / p99.9 ms | server CPU % | "
+             "server CPU µs/push | RSS MiB | at 20 000/s offered: achieved, p99 ms, errors | query p99 ms | "
+             "threshold afterwards |",
+             "|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
+    for key, door in doors.items():
+        sat = door["saturation"]
+        push = sat["pushes"]
+        lat = push["latency_ms"]
+        top = door["rates"][-1]
+        verify = door.get("verify")
+        check = "n/a (no Fleet)" if verify is None else ("correct" if verify["threshold_ok"] else
+                                                         f"WRONG: {verify['why']}")
+        ratio = f"{push['achieved_rps'] / anchor:.0%}" if anchor else "n/a"
+        lines.append(
+            f"| {door['title']} | {push['achieved_rps']:,.0f} | {ratio} | {_ms(lat['p50'])} / {_ms(lat['p99'])} / "
+            f"{_ms(lat['p999'])} | {sat['server']['cpu_pct']:.0f} | {_cpu_us_per_request(sat):.1f} | "
+            f"{sat['server']['rss_bytes'] / MIB:.0f} | {top['pushes']['achieved_rps']:,.0f}/s, "
+            f"{_ms(top['pushes']['latency_ms']['p99'])}, {_errors(top['pushes'])} | "
+            f"{_ms(top['queries']['latency_ms']['p99'])} | {check} |")
+    return lines
+
+
+def rates(results: dict) -> list[str]:
+    lines = ["| front door | offered/s | achieved pushes/s | p50 ms | p99 ms | p99.9 ms | push errors | "
+             "query p50 / p99 ms | server CPU % | loadgen CPU % |",
+             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+    for door in results["doors"].values():
+        for run in door["rates"]:
+            push, query = run["pushes"], run["queries"]
+            lines.append(
+                f"| {door['title']} | {run['plan']['rate']:,.0f} | {push['achieved_rps']:,.0f} | "
+                f"{_ms(push['latency_ms']['p50'])} | {_ms(push['latency_ms']['p99'])} | "
+                f"{_ms(push['latency_ms']['p999'])} | {_errors(push)} | {_ms(query['latency_ms']['p50'])} / "
+                f"{_ms(query['latency_ms']['p99'])} | {run['server']['cpu_pct']:.0f} | {run['loadgen_cpu_pct']:.0f} |")
+    return lines
+
+
+def sizes(results: dict) -> list[str]:
+    native = {r["nodes"]: r for r in results.get("native", {}).get("recompute", [])}
+    lines = ["| front door | tracked nodes | RSS before → after fill, MiB | bytes per node | "
+             "recompute CPU in the process, ms | native recompute (`Fleet::tick`, MemoryStore, one cluster), ms |",
+             "|---|---:|---|---:|---:|---:|"]
+    for key, points in results["sizes"].items():
+        title = results["doors"][key]["title"]
+        for p in points:
+            n = native.get(p["nodes"], {})
+            lines.append(
+                f"| {title} | {p['nodes']:,} | {p['rss_before'] / MIB:.0f} → {p['rss_after'] / MIB:.0f} | "
+                f"{p['bytes_per_node']:,.0f} | {p['recompute_cpu_ms']:.0f} | "
+                f"{n.get('tick_ms', float('nan')):.1f} (sweep {n.get('sweep_ms', float('nan')):.1f}, statistics "
+                f"{n.get('statistics_ms', float('nan')):.1f}) |")
+    return lines
+
+
+def variants(results: dict) -> list[str]:
+    runs = results.get("variants", [])
+    if not runs:
+        return []
+    base = runs[0]
+    base_us = _cpu_us_per_request(base)
+    lines = ["| Envoy configuration (closed loop) | requests/s | ratio to anchor | p99 ms | "
+             "Envoy CPU µs/request | over the anchor, µs |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        rps = run["pushes"]["achieved_rps"]
+        us = _cpu_us_per_request(run)
+        lines.append(f"| {run['title']} ({run['plan']['body_bytes']} B body) | {rps:,.0f} | "
+                     f"{rps / base['pushes']['achieved_rps']:.0%} | {_ms(run['pushes']['latency_ms']['p99'])} | "
+                     f"{us:.1f} | {us - base_us:+.1f} |")
+    return lines
+
+
+def steps(results: dict) -> list[str]:
+    native = results.get("native", {}).get("steps")
+    if not native:
+        return []
+    lines = [f"| step (native, {native['json_body_bytes']} B JSON / {native['protobuf_body_bytes']} B protobuf "
+             f"agent body, {native['nodes']:,} nodes) | µs per call |", "|---|---:|"]
+    lines += [f"| {name} | {us:.2f} |" for name, us in native["us_per_call"].items()]
+    return lines
+
+
+def plot(results: dict, path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for door in results["doors"].values():
+        xs = [r["plan"]["rate"] for r in door["rates"]]
+        line, = ax.plot(xs, [r["pushes"]["latency_ms"]["p99"] for r in door["rates"]], marker="o",
+                        label=f"{door['title']} p99")
+        ax.plot(xs, [r["pushes"]["latency_ms"]["p50"] for r in door["rates"]], linestyle="--",
+                color=line.get_color(), alpha=0.6, label=f"{door['title']} p50")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered pushes + queries per second (open loop)")
+    ax.set_ylabel("push latency, ms (log)")
+    m = results["meta"]
+    ax.set_title(f"Push latency against offered rate ({m['cores']} cores shared with the load generator)")
+    ax.axhline(5, color="grey", linewidth=0.8, linestyle=":")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(results: dict) -> str:
+    m = results["meta"]
+    p = m["params"]
+    skipped = "".join(f"\n- not measured: `{k}` ({why})" for k, why in results["skipped"].items())
+    sections = [
+        "# Benchmark results",
+        "",
+        f"Generated by `scripts/bench` on {m['date']}: {m['cores']} cores shared by the front door under test and "
+        f"the load generator (`ingero-bench`, also on those cores); load average at start "
+        f"{m['load_average'][0]:.2f}; Envoy {m['envoy_version']}, `--concurrency {m['concurrency']}`; whole run "
+        f"{m['elapsed_s'] / 60:.1f} min. Absolute numbers drift about ±10 % between runs here: compare the ratios "
+        f"to the anchor, measured in the same run.",
+        "",
+        f"Load: {p['nodes']:,} agents in {p['clusters']} clusters, each push a {_body_bytes(results)} B agent OTLP "
+        f"JSON body with every gauge the agent sends, a different node per request; {p['connections']} keep-alive "
+        f"connections. Saturation is closed loop ({p['saturation']:.0f} s after {p['saturation_warmup']:.0f} s "
+        f"warm-up, pushes only). Offered rates are open loop ({p['duration']:.0f} s each) with latency counted from "
+        f"each request's scheduled send time (coordinated omission corrected) and {p['query_share']:.0%} of requests "
+        f"`GET /api/v1/threshold` on the API port. Threshold afterwards: every node pushed once more, then each "
+        f"cluster's threshold must equal an independent median/MAD computation (`threshold.ema_alpha` 1)."
+        + skipped,
+        "",
+        "## Front doors",
+        "",
+        *summary(results),
+        "",
+        "![push latency against offered rate](bench.png)",
+        "",
+        "## Latency by offered rate",
+        "",
+        *rates(results),
+        "",
+        "## Memory per tracked node and recompute cost",
+        "",
+        "Each size starts a fresh process with `max_expected_nodes` = the size and `push_interval` 1s, warms it up "
+        "with empty pushes, then pushes every node once. Bytes per node = RSS growth / nodes. Recompute CPU in the "
+        "process = idle CPU per second after the fill minus before it (one recompute per second; /proc resolution "
+        "10 ms). The native column times `Fleet::tick` over the core's `MemoryStore` with all nodes in one cluster.",
+        "",
+        *sizes(results),
+        "",
+        "## Where a wasm-filter push spends its time",
+        "",
+        "Envoy CPU per request under closed-loop saturation, by configuration: each row adds one piece of work "
+        "to the one above it.",
+        "",
+        *variants(results),
+        "",
+        "The core's steps natively (one thread, no proxy; `ingero-bench steps`):",
+        "",
+        *steps(results),
+        "",
+    ]
+    return "\n".join(sections)
+
+
+def _body_bytes(results: dict) -> str:
+    for door in results["doors"].values():
+        return f"{door['rates'][0]['plan']['body_bytes']:,}"
+    return "?"
+
+
+def write(results: dict) -> str:
+    """Writes docs/bench.md and docs/bench.png; returns the Markdown."""
+    text = markdown(results)
+    (DOCS / "bench.md").write_text(text)
+    plot(results, DOCS / "bench.png")
+    return text

@@ -1,0 +1,201 @@
+"""scripts/bench: every front door under the same fleet-shaped load, as a
+ratio to the anchor measured in the same run; memory per tracked node and
+recompute cost by fleet size; the steps of a push. `--smoke` is the CI-sized
+version (seconds) that checks the harness end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_doors import DOORS, ROOT, WASM_VARIANTS, Door, Running
+from fleet import request
+
+LOADGEN = ROOT / "target/release/ingero-bench"
+OUT = ROOT / "target/bench"
+
+# The full run: 100 000 agents in 100 clusters pushing every 5 s is 20 000 pushes/s.
+FULL = dict(nodes=100_000, clusters=100, connections=64, rates=[2000, 5000, 10000, 15000, 20000],
+            warmup=1.0, duration=5.0, saturation_warmup=2.0, saturation=6.0, query_share=0.05,
+            sizes=[1000, 10_000, 100_000], idle=3.0)
+SMOKE = dict(nodes=200, clusters=4, connections=8, rates=[300], warmup=0.5, duration=2.0,
+             saturation_warmup=0.0, saturation=0.0, query_share=0.1, sizes=[], idle=0.0)
+
+
+# === measuring a process ===
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (USER_HZ is 100 on Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def loadgen(running: Running, *args) -> dict:
+    """One ingero-bench load run against a front door, with the server's CPU and RSS over it."""
+    cmd = [str(LOADGEN), "load", "--push", f"127.0.0.1:{running.push}", "--api", f"127.0.0.1:{running.api}",
+           *map(str, args)]
+    cpu0, wall0 = cpu_seconds(running.pid), time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    result = json.loads(done.stdout)
+    wall = time.monotonic() - wall0
+    result["server"] = {"cpu_pct": 100 * (cpu_seconds(running.pid) - cpu0) / wall, "rss_bytes": rss_bytes(running.pid)}
+    return result
+
+
+def fleet_args(p: dict, nodes: int | None = None) -> list:
+    return ["--nodes", nodes or p["nodes"], "--clusters", p["clusters"], "--connections", p["connections"]]
+
+
+# === what a front door must answer ===
+
+def threshold_matches(running: Running, expected: dict) -> tuple[bool, str]:
+    """Whether every cluster's threshold equals the loadgen's independent computation."""
+    wrong = []
+    for cluster, value in expected.items():
+        r = request(running.api, "GET", f"/api/v1/threshold?cluster_id={cluster}", headers={"Accept": "application/json"})
+        answer = json.loads(r.body)
+        if r.status != 200 or not answer.get("quorum_met") or abs(answer.get("threshold", 0) - value) > 1e-9:
+            wrong.append(f"{cluster}: got {answer}, expected {value:.6f}")
+    return not wrong and bool(expected), "; ".join(wrong[:3]) or "no cluster had quorum"
+
+
+def verify(running: Running, p: dict, interval_s: float) -> dict:
+    """Pushes every node once more, then waits for a recompute to publish the expected thresholds."""
+    final = loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 120, "--max-pushes", p["nodes"],
+                    *fleet_args(p))
+    deadline = time.monotonic() + 3 * interval_s + 5
+    ok, why = False, ""
+    while time.monotonic() < deadline:
+        ok, why = threshold_matches(running, final["expected_thresholds"])
+        if ok:
+            break
+        time.sleep(0.25)
+    return {"threshold_ok": ok, "why": "" if ok else why, "clusters_checked": len(final["expected_thresholds"]),
+            "final_pass_errors": final["pushes"]["error_count"]}
+
+
+# === the scenarios ===
+
+def plugin_config(interval: str, nodes: int, **extra) -> dict:
+    return {"push_interval": interval, "max_expected_nodes": nodes, "threshold": {"ema_alpha": 1.0}, **extra}
+
+
+def load_runs(door: Door, p: dict, concurrency: int) -> dict:
+    """Saturation (closed loop), then rising offered rates (open loop), then the threshold check."""
+    interval = "1s" if p is SMOKE else "5s"
+    out: dict = {"title": door.title}
+    with door.start(plugin_config(interval, max(p["nodes"], 1000)), concurrency) as running:
+        out["idle_rss_bytes"] = rss_bytes(running.pid)
+        if p["saturation"]:
+            out["saturation"] = loadgen(running, "--rate", 0, "--warmup", p["saturation_warmup"],
+                                        "--duration", p["saturation"], *fleet_args(p))
+        out["rates"] = [loadgen(running, "--rate", rate, "--warmup", p["warmup"], "--duration", p["duration"],
+                                "--query-share", p["query_share"], *fleet_args(p)) for rate in p["rates"]]
+        if door.fleet:
+            out["verify"] = verify(running, p, 1.0 if p is SMOKE else 5.0)
+    return out
+
+
+def size_point(door: Door, size: int, p: dict, concurrency: int) -> dict:
+    """RSS per tracked node and recompute CPU at one fleet size, recomputing every second."""
+    config = plugin_config("1s", size, ttl_multiplier=1000)
+    with door.start(config, concurrency) as running:
+        clusters = max(1, size // 1000)
+        warm = ["--nodes", size, "--clusters", clusters, "--connections", p["connections"]]
+        loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 1, "--body", "empty", *warm)
+        idle = idle_cpu(running, p["idle"])
+        rss0 = rss_bytes(running.pid)
+        fill = loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 120, "--max-pushes", size, *warm)
+        rss1 = rss_bytes(running.pid)
+        busy = idle_cpu(running, p["idle"])
+        return {"nodes": size, "rss_before": rss0, "rss_after": rss1, "bytes_per_node": (rss1 - rss0) / size,
+                "fill_errors": fill["pushes"]["error_count"],
+                # One recompute per second: the extra idle CPU is the recompute's cost.
+                "recompute_cpu_ms": max(0.0, (busy - idle) * 1000)}
+
+
+def idle_cpu(running: Running, seconds: float) -> float:
+    """CPU seconds per second the process uses with no requests."""
+    cpu0 = cpu_seconds(running.pid)
+    time.sleep(seconds)
+    return (cpu_seconds(running.pid) - cpu0) / seconds
+
+
+def native(sizes: list) -> dict:
+    def run(*args) -> dict:
+        return json.loads(subprocess.run([str(LOADGEN), *map(str, args)], capture_output=True, text=True,
+                                         check=True).stdout)
+    return {"recompute": [run("recompute", "--nodes", n, "--clusters", 1) for n in sizes],
+            "steps": run("steps", "--nodes", 10_000, "--clusters", 10, "--iterations", 50_000)}
+
+
+def variants(p: dict, concurrency: int) -> list:
+    out = []
+    for title, start, args in WASM_VARIANTS:
+        with start(plugin_config("5s", p["nodes"]), concurrency) as running:
+            out.append({"title": title, **loadgen(running, "--rate", 0, "--warmup", 1, "--duration", 4,
+                                                    *fleet_args(p), *args)})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="CI-sized run: seconds, small N, low rate")
+    parser.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads (default 2)")
+    parser.add_argument("--doors", default="", help="comma-separated subset of: " + ", ".join(d.key for d in DOORS))
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args()
+    p = SMOKE if args.smoke else FULL
+    wanted = set(filter(None, args.doors.split(",")))
+    results: dict = {"meta": meta(args.concurrency, p), "doors": {}, "skipped": {}, "sizes": {}}
+    started = time.monotonic()
+    for door in DOORS:
+        if wanted and door.key not in wanted:
+            continue
+        if not door.available():
+            results["skipped"][door.key] = f"{door.artefact.relative_to(ROOT)} not built"
+            print(f"bench: skipping {door.title}: {results['skipped'][door.key]}", file=sys.stderr)
+            continue
+        print(f"bench: {door.title} ...", file=sys.stderr)
+        results["doors"][door.key] = load_runs(door, p, args.concurrency)
+        if door.fleet and p["sizes"]:
+            results["sizes"][door.key] = [size_point(door, n, p, args.concurrency) for n in p["sizes"]]
+    if not args.smoke:
+        print("bench: wasm filter variants and native core ...", file=sys.stderr)
+        results["variants"] = variants(p, args.concurrency)
+        results["native"] = native(p["sizes"])
+    results["meta"]["elapsed_s"] = time.monotonic() - started
+    raw = json.dumps(results, indent=1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / ("smoke.json" if args.smoke else "bench.json")).write_text(raw)
+    if args.json:
+        args.json.write_text(raw)
+    if not args.smoke:
+        import bench_report
+        print(bench_report.write(results))
+    return 0
+
+
+def meta(concurrency: int, p: dict) -> dict:
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+            "load_average": os.getloadavg(), "concurrency": concurrency, "params": p,
+            "envoy_version": subprocess.run([str(ROOT / ".venv/bin/envoy"), "--version"], capture_output=True,
+                                            text=True).stdout.strip().split("version: ")[-1]}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
