@@ -100,7 +100,8 @@ def validate(manifests: list[dict]) -> list[str]:
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_rendered_manifests_are_valid_kubernetes(name):
     kinds = validate(render(*VALUE_SETS[name]))
-    lb = ["ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb", "Service/ingero-fleet-lb"]
+    lb = ["ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb", "Service/ingero-fleet-lb",
+          "PodDisruptionBudget/ingero-fleet", "PodDisruptionBudget/ingero-fleet-lb"]
     assert kinds == sorted(["ConfigMap/ingero-fleet-envoy", "ConfigMap/ingero-fleet-wasm",
                             "Pod/ingero-fleet-test-threshold", "Service/ingero-fleet", "StatefulSet/ingero-fleet",
                             *(lb if REPLICAS[name] > 1 else [])])
@@ -309,6 +310,7 @@ def test_standalone_mode_runs_the_server_with_grpc():
     manifests = render(*STANDALONE)
     assert validate(manifests) == sorted([
         "ConfigMap/ingero-fleet-config", "ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb",
+        "PodDisruptionBudget/ingero-fleet", "PodDisruptionBudget/ingero-fleet-lb",
         "Pod/ingero-fleet-test-threshold", "Service/ingero-fleet", "Service/ingero-fleet-lb",
         "StatefulSet/ingero-fleet"])
     ports = {p["name"]: p["port"] for p in find(manifests, "Service", "ingero-fleet")["spec"]["ports"]}
