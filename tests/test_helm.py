@@ -183,6 +183,8 @@ def test_more_than_one_replica_gets_the_ring_hash_front(name):
     (["--set", "config.push_interval=soon"], "config.push_interval"),
     (["--set", "config.threshold.ema_alpha=0"], "config.threshold.ema_alpha"),
     (["--set", "config.max_expected_nodes=0"], "config.max_expected_nodes"),
+    (["--set", "config.max_clusters=0"], "config.max_clusters"),
+    (["--set", "config.max_nodes_per_cluster=0"], "config.max_nodes_per_cluster"),
     (["--set", "config.ttl_multiplier=1"], "config.ttl_multiplier"),
     (["--set", "config.listen.api=8080"], "config.listen.api"),
     (["--set", "config.thresold.k=2"], "thresold"),
@@ -202,7 +204,9 @@ def test_guide_custom_values_become_the_plugin_configuration():
     defaults = plugin_config(envoy_config(render()))
     # Every contract key is in values.yaml, so every key reaches the filter.
     assert set(defaults) == {"threshold", "push_interval", "ttl_multiplier", "quorum", "max_expected_nodes",
-                             "max_body_bytes", "max_id_bytes", "max_points_per_push", "listen"}
+                             "max_nodes_per_cluster", "max_clusters", "max_body_bytes", "max_id_bytes",
+                             "max_points_per_push", "listen"}
+    assert defaults["max_nodes_per_cluster"] is None  # the filter's default: max_expected_nodes
     assert set(defaults["threshold"]) == {"k", "ema_alpha"}
     assert set(defaults["quorum"]) == {"statistical_min", "coverage_fraction"}
 
@@ -263,9 +267,10 @@ def test_chart_envoy_config_runs_with_the_guide_values():
 
 
 def test_chart_plugin_configuration_reaches_the_filter():
-    """k and the push interval from --set change the published threshold, computed independently."""
+    """k and the push interval from --set change the published threshold, computed independently;
+    max_clusters caps the clusters."""
     values = ["--set", "config.threshold.k=2.5", "--set", "config.push_interval=1s",
-              "--set", "config.threshold.ema_alpha=1", "--set", "config.max_expected_nodes=100"]
+              "--set", "config.threshold.ema_alpha=1", "--set", "config.max_clusters=1"]
     envoy, ports = loopback(envoy_config(render(*values)))
     scores = [0.95, 0.93, 0.9, 0.91, 0.6, 0.88, 0.94]
     with envoy:
@@ -279,6 +284,7 @@ def test_chart_plugin_configuration_reaches_the_filter():
             return body if body["quorum_met"] else None
         body = wait_for(published, what="a threshold with the chart's 1s push interval")
         assert abs(body["threshold"] - expected) < 1e-9
+        assert push(ports.push, "second", agent_push("n0", 0.9, cluster="second")).status == 429
 
 
 def test_helm_test_hook_queries_the_threshold_api():

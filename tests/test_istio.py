@@ -16,7 +16,7 @@ from fleet import ROOT, COLD_START, agent_push, fleet_envoy, push, scrape, thres
 ISTIO = ROOT / "istio"
 PORTS = {4318, 8080, 8888}
 CONTRACT_KEYS = {"threshold", "push_interval", "ttl_multiplier", "quorum", "max_expected_nodes",
-                 "max_body_bytes", "max_id_bytes", "max_points_per_push"}
+                 "max_nodes_per_cluster", "max_clusters", "max_body_bytes", "max_id_bytes", "max_points_per_push"}
 
 
 def load(name: str) -> list[dict]:
