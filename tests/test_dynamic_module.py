@@ -21,16 +21,7 @@ import pytest
 
 from dynamic import dynamic_envoy
 from fleet import agent_push, expected_threshold, request, scrape, wait_for
-from test_conformance import published, push_all, wait_threshold
-
-# As in test_filter.py: short intervals, and alpha 1 so the published threshold is the raw one.
-CONFIG = {
-    "push_interval": "1s",
-    "ttl_multiplier": 4,
-    "threshold": {"k": 2.0, "ema_alpha": 1.0},
-    "quorum": {"statistical_min": 5},
-    "max_body_bytes": 65536,
-}
+from test_conformance import CONFIG, published, push_all, wait_threshold
 
 
 @pytest.fixture(scope="module")
