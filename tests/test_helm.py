@@ -9,6 +9,7 @@ import base64
 import functools
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -18,9 +19,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from frontdoors import Standalone
 from fleet import (ROOT, WASM, Envoy, Ports, agent_push, expected_threshold, fleet_envoy, push, render_envoy,
                    scrape, threshold, wait_for)
+from frontdoors import Standalone
 
 HELM = ROOT / ".tools/bin/helm"
 CHART = ROOT / "helm/ingero-fleet"
@@ -194,6 +195,23 @@ def test_invalid_values_are_rejected(values, complaint):
     assert result.returncode != 0
     assert "don't meet the specifications of the schema" in result.stderr and complaint in result.stderr, \
         result.stderr
+
+
+def readme_config_keys() -> set[str]:
+    """The dotted keys of README's Configuration table (the contract's §6 keys as the filter takes them)."""
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([a-z_.]+)` \|", section, re.M))
+
+
+def dotted(config: dict, prefix: str = "") -> set[str]:
+    return {key for k, v in config.items()
+            for key in (dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"})}
+
+
+def test_values_carry_every_configuration_key():
+    config = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+    del config["listen"]  # listener addresses: Envoy's (or the standalone server's), not in the table
+    assert dotted(config) == readme_config_keys()
 
 
 def test_guide_custom_values_become_the_plugin_configuration():

@@ -12,11 +12,10 @@ import pytest
 import yaml
 
 from fleet import ROOT, COLD_START, agent_push, fleet_envoy, push, scrape, threshold
+from test_helm import dotted, readme_config_keys
 
 ISTIO = ROOT / "istio"
 PORTS = {4318, 8080, 8888}
-CONTRACT_KEYS = {"threshold", "push_interval", "ttl_multiplier", "quorum", "max_expected_nodes",
-                 "max_nodes_per_cluster", "max_clusters", "max_body_bytes", "max_id_bytes", "max_points_per_push"}
 
 
 def load(name: str) -> list[dict]:
@@ -90,7 +89,7 @@ def test_wasm_plugin_fields():
     assert spec["failStrategy"] == "FAIL_CLOSE"
     (match,) = spec["match"]
     assert match["mode"] == "SERVER" and {p["number"] for p in match["ports"]} == PORTS
-    assert set(spec["pluginConfig"]) == CONTRACT_KEYS
+    assert dotted(spec["pluginConfig"]) == readme_config_keys()
 
 
 def test_envoy_filter_inserts_the_reference_filter_on_each_port():
