@@ -1,12 +1,15 @@
 """envoy/envoy-rbac.yaml on loopback: who may push, read thresholds, read node
 details and scrape metrics is decided by the connection's source address.
 127.0.0.1 is in both example ranges; 127.0.0.2 is in none; the test adds
-127.0.0.3 to the agent range only, as an agent that is not an operator."""
+127.0.0.3 to the agent range only, as an agent that is not an operator. The
+mTLS variant matches the client certificate's identity instead of the address."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import ssl
+import subprocess
 
 import pytest
 
@@ -74,3 +77,70 @@ def test_reads_are_split_between_agents_and_operators(ports, source, threshold, 
     assert call(ports["api"], source, "GET", "/api/v1/clusters")[0] == listing
     assert call(ports["api"], source, "GET", "/")[0] == listing
     assert call(ports["metrics"], source, "GET", "/metrics")[0] == scraping
+
+
+# === mutual TLS: the same policies, matched on the client certificate ===
+
+def openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def issue(tmp, name: str, san: str) -> None:
+    """A key and a certificate for `name`, signed by the test CA, with one subjectAltName."""
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", f"/CN={name}",
+            "-out", f"{name}.csr", cwd=tmp)
+    (tmp / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=tmp)
+
+
+@pytest.fixture(scope="module")
+def mtls(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-subj", "/CN=fleet-test-ca",
+            "-days", "1", "-out", "ca.crt", cwd=tmp)
+    issue(tmp, "server", "IP:127.0.0.1")
+    issue(tmp, "agent", "URI:spiffe://ingero/agent")
+    issue(tmp, "other", "URI:spiffe://ingero/other")
+    ports = {"otlp_http": free_port(), "api": free_port(), "metrics": free_port()}
+    config = render_envoy({}, ports, free_port(), template=ROOT / "envoy/envoy-rbac.yaml")
+    push_listener = next(x for x in config["static_resources"]["listeners"] if x["name"] == "otlp_http")
+    push_listener["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": str(tmp / "server.crt")},
+                                      "private_key": {"filename": str(tmp / "server.key")}}],
+                "validation_context": {"trusted_ca": {"filename": str(tmp / "ca.crt")}},
+            },
+        },
+    }
+    for policies in rbac_filters(config, "otlp_http"):
+        policies["agents-push"]["principals"] = [
+            {"authenticated": {"principal_name": {"exact": "spiffe://ingero/agent"}}}]
+    with Envoy(config):
+        yield ports["otlp_http"], tmp
+
+
+def tls_push(port: int, tmp, client: str | None) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
+    if client:
+        context.load_cert_chain(str(tmp / f"{client}.crt"), str(tmp / f"{client}.key"))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        conn.request("POST", "/v1/metrics?cluster_id=mtls", agent_push("n1", 0.9, cluster="mtls"),
+                     {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_mtls_variant_admits_only_the_agent_identity(mtls):
+    port, tmp = mtls
+    assert tls_push(port, tmp, "agent") == (200, b"{}")
+    assert tls_push(port, tmp, "other") == DENIED
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        tls_push(port, tmp, None)
