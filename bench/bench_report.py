@@ -58,7 +58,7 @@ def summary(results: dict) -> list[str]:
 
 
 def rates(results: dict) -> list[str]:
-    lines = ["| front door | offered/s | achieved pushes/s | p50 ms | p99 ms | p99.9 ms | push errors | "
+    lines = ["| front door | offered pushes/s | achieved pushes/s | p50 ms | p99 ms | p99.9 ms | push errors | "
              "query p50 / p99 ms | server CPU % | loadgen CPU % |",
              "|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for door in results["doors"].values():
@@ -89,21 +89,53 @@ def sizes(results: dict) -> list[str]:
     return lines
 
 
+def _lat(side: dict) -> str:
+    lat = side["latency_ms"]
+    return f"{_ms(lat['p50'])} / {_ms(lat['p99'])} / {_ms(lat['p999'])}"
+
+
+def stalls(results: dict) -> list[str]:
+    lines = ["| front door | offered pushes/s | push_interval 5s: p50 / p99 / p99.9 ms | "
+             "no recompute in the window (push_interval 1h): p50 / p99 / p99.9 ms |", "|---|---:|---|---|"]
+    for key, quiet in results["stalls"].items():
+        door = results["doors"][key]
+        busy = next(r for r in door["rates"] if r["plan"]["rate"] == quiet["plan"]["rate"])
+        lines.append(f"| {door['title']} | {quiet['plan']['rate']:,.0f} | {_lat(busy['pushes'])} | "
+                     f"{_lat(quiet['pushes'])} |")
+    return lines
+
+
+def one_worker(results: dict) -> list[str]:
+    two = {door["title"]: door["saturation"] for door in results["doors"].values()}
+    lines = ["| front door (closed loop) | --concurrency 1: pushes/s, p99 ms, Envoy CPU % | "
+             f"--concurrency {results['meta']['concurrency']} (above): pushes/s, p99 ms, Envoy CPU % |",
+             "|---|---|---|"]
+    for run in results.get("one_worker", []):
+        other = two.get(run["title"])
+        cells = [f"{r['pushes']['achieved_rps']:,.0f}, {_ms(r['pushes']['latency_ms']['p99'])}, "
+                 f"{r['server']['cpu_pct']:.0f}" if r else "n/a" for r in (run, other)]
+        lines.append(f"| {run['title']} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
 def variants(results: dict) -> list[str]:
     runs = results.get("variants", [])
     if not runs:
         return []
     base = runs[0]
     base_us = _cpu_us_per_request(base)
+    groups = ("kernel", "envoy", "wasm (JIT)", "libc")
     lines = ["| Envoy configuration (closed loop) | requests/s | ratio to anchor | p99 ms | "
-             "Envoy CPU µs/request | over the anchor, µs |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "Envoy CPU µs/request | over the anchor, µs | " + " | ".join(f"{g} µs" for g in groups) + " |",
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(groups)]
     for run in runs:
         rps = run["pushes"]["achieved_rps"]
         us = _cpu_us_per_request(run)
+        split = run.get("during") or {}
+        shares = " | ".join(f"{us * split[g] / 100:.1f}" if g in split else "–" for g in groups)
         lines.append(f"| {run['title']} ({run['plan']['body_bytes']} B body) | {rps:,.0f} | "
                      f"{rps / base['pushes']['achieved_rps']:.0%} | {_ms(run['pushes']['latency_ms']['p99'])} | "
-                     f"{us:.1f} | {us - base_us:+.1f} |")
+                     f"{us:.1f} | {us - base_us:+.1f} | {shares} |")
     return lines
 
 
@@ -117,6 +149,17 @@ def steps(results: dict) -> list[str]:
     return lines
 
 
+def instructions(results: dict) -> list[str]:
+    profile = results.get("native", {}).get("callgrind")
+    if not profile:
+        return []
+    total = next(iter(profile.values()))
+    lines = ["| step of one JSON agent push (native, callgrind) | instructions | share |", "|---|---:|---:|"]
+    lines += [f"| {label.replace('  ', '&nbsp;&nbsp;')} | {ir:,.0f} | {ir / total:.0%} |"
+              for label, ir in profile.items()]
+    return lines
+
+
 def plot(results: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for door in results["doors"].values():
@@ -126,7 +169,7 @@ def plot(results: dict, path) -> None:
         ax.plot(xs, [r["pushes"]["latency_ms"]["p50"] for r in door["rates"]], linestyle="--",
                 color=line.get_color(), alpha=0.6, label=f"{door['title']} p50")
     ax.set_yscale("log")
-    ax.set_xlabel("offered pushes + queries per second (open loop)")
+    ax.set_xlabel("offered pushes per second (open loop; threshold queries on top)")
     ax.set_ylabel("push latency, ms (log)")
     m = results["meta"]
     ax.set_title(f"Push latency against offered rate ({m['cores']} cores shared with the load generator)")
@@ -152,10 +195,10 @@ def markdown(results: dict) -> str:
         "",
         f"Load: {p['nodes']:,} agents in {p['clusters']} clusters, each push a {_body_bytes(results)} B agent OTLP "
         f"JSON body with every gauge the agent sends, a different node per request; {p['connections']} keep-alive "
-        f"connections. Saturation is closed loop ({p['saturation']:.0f} s after {p['saturation_warmup']:.0f} s "
+        f"push connections. Saturation is closed loop ({p['saturation']:.0f} s after {p['saturation_warmup']:.0f} s "
         f"warm-up, pushes only). Offered rates are open loop ({p['duration']:.0f} s each) with latency counted from "
-        f"each request's scheduled send time (coordinated omission corrected) and {p['query_share']:.0%} of requests "
-        f"`GET /api/v1/threshold` on the API port. Threshold afterwards: every node pushed once more, then each "
+        f"each request's scheduled send time (coordinated omission corrected), plus one `GET /api/v1/threshold` on "
+        f"the API port per {1 / p['query_share']:.0f} pushes on their own connections. Threshold afterwards: every node pushed once more, then each "
         f"cluster's threshold must equal an independent median/MAD computation (`threshold.ema_alpha` 1)."
         + skipped,
         "",
@@ -169,25 +212,45 @@ def markdown(results: dict) -> str:
         "",
         *rates(results),
         "",
+        "## Recompute stalls",
+        "",
+        "Envoy runs the recompute on a worker thread (the first worker to tick in each interval), so requests "
+        "on that worker's connections wait for it. The same offered rate on a fresh process whose push interval "
+        "does not end inside the window shows the latency without that stall.",
+        "",
+        *stalls(results),
+        "",
+        "## One Envoy worker or two",
+        "",
+        *one_worker(results),
+        "",
         "## Memory per tracked node and recompute cost",
         "",
         "Each size starts a fresh process with `max_expected_nodes` = the size and `push_interval` 1s, warms it up "
-        "with empty pushes, then pushes every node once. Bytes per node = RSS growth / nodes. Recompute CPU in the "
-        "process = idle CPU per second after the fill minus before it (one recompute per second; /proc resolution "
-        "10 ms). The native column times `Fleet::tick` over the core's `MemoryStore` with all nodes in one cluster.",
+        "with empty pushes, then pushes every node (all in one cluster) once. Bytes per node = RSS growth / nodes. Recompute CPU in the "
+        "process = CPU per second under a trickle of 100 empty pushes/s (they add no nodes but keep every worker "
+        "ticking) after the fill minus before it: one recompute per second; /proc resolution 10 ms. The native column times `Fleet::tick` over the core's `MemoryStore` with all nodes in one cluster.",
         "",
         *sizes(results),
         "",
         "## Where a wasm-filter push spends its time",
         "",
         "Envoy CPU per request under closed-loop saturation, by configuration: each row adds one piece of work "
-        "to the one above it.",
+        "to the one above it. The last four columns split that CPU by where `perf record -e cpu-clock` (999 Hz, "
+        "2.5 s per row) found it: the kernel (TCP, scheduling), Envoy's own code (HTTP codec, filter chain, "
+        "the wasm host: ABI calls, buffer copies, shared data, stats; its symbols are stripped), the filter's "
+        "JIT-compiled wasm, and libc (memcpy, locks).",
         "",
         *variants(results),
         "",
         "The core's steps natively (one thread, no proxy; `ingero-bench steps`):",
         "",
         *steps(results),
+        "",
+        "Instructions per push by step (`valgrind --tool=callgrind` over `ingero-bench steps --only \"whole push: "
+        "JSON\"`, inclusive counts, collected only inside the push; absent when valgrind is not installed):",
+        "",
+        *instructions(results),
         "",
     ]
     return "\n".join(sections)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from bench_doors import DOORS, ROOT, WASM_VARIANTS, Door, Running
 from fleet import request
@@ -24,7 +25,7 @@ FULL = dict(nodes=100_000, clusters=100, connections=64, rates=[2000, 5000, 1000
             warmup=1.0, duration=5.0, saturation_warmup=2.0, saturation=6.0, query_share=0.05,
             sizes=[1000, 10_000, 100_000], idle=3.0)
 SMOKE = dict(nodes=200, clusters=4, connections=8, rates=[300], warmup=0.5, duration=2.0,
-             saturation_warmup=0.0, saturation=0.0, query_share=0.1, sizes=[], idle=0.0)
+             saturation_warmup=0.0, saturation=0.0, query_share=0.1)
 
 
 # === measuring a process ===
@@ -42,18 +43,47 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def loadgen(running: Running, *args) -> dict:
-    """One ingero-bench load run against a front door, with the server's CPU and RSS over it."""
+def loadgen(running: Running, *args, during: Callable[[Running], dict] | None = None) -> dict:
+    """One ingero-bench load run against a front door, with the server's CPU and RSS over it;
+    `during(running)` runs while the load does and its answer is kept as "during"."""
     cmd = [str(LOADGEN), "load", "--push", f"127.0.0.1:{running.push}", "--api", f"127.0.0.1:{running.api}",
            *map(str, args)]
     cpu0, wall0 = cpu_seconds(running.pid), time.monotonic()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    result = json.loads(done.stdout)
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    side = during(running) if during else None
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr}")
+    result = json.loads(stdout)
     wall = time.monotonic() - wall0
     result["server"] = {"cpu_pct": 100 * (cpu_seconds(running.pid) - cpu0) / wall, "rss_bytes": rss_bytes(running.pid)}
+    if side is not None:
+        result["during"] = side
     return result
+
+
+def perf_split(running: Running, after: float = 1.5, seconds: float = 2.5) -> dict:
+    """Where the process's CPU goes (kernel, Envoy's own code, JIT-compiled wasm, libc), sampled by
+    `perf record -e cpu-clock`; empty when perf cannot sample here."""
+    time.sleep(after)
+    data = OUT / f"perf-{running.pid}.data"
+    recorded = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(running.pid),
+                               "-o", str(data), "--", "sleep", str(seconds)], capture_output=True)
+    if recorded.returncode != 0:
+        return {}
+    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "-g", "none",
+                             "--stdio"], capture_output=True, text=True).stdout
+    data.unlink(missing_ok=True)
+    split: dict = {}
+    for line in report.splitlines():
+        share, _, dso = line.strip().partition("%")
+        if not dso or line.lstrip().startswith("#"):
+            continue
+        dso = dso.strip()
+        group = ("wasm (JIT)" if dso.startswith("[JIT]") else "kernel" if dso.startswith("[kernel") else
+                 "envoy" if dso == "envoy" else "libc" if dso.startswith("libc") else "other")
+        split[group] = split.get(group, 0.0) + float(share)
+    return split
 
 
 def fleet_args(p: dict, nodes: int | None = None) -> list:
@@ -111,28 +141,45 @@ def load_runs(door: Door, p: dict, concurrency: int) -> dict:
 
 
 def size_point(door: Door, size: int, p: dict, concurrency: int) -> dict:
-    """RSS per tracked node and recompute CPU at one fleet size, recomputing every second."""
+    """RSS per tracked node and recompute CPU at one fleet size (one cluster), recomputing every second."""
     config = plugin_config("1s", size, ttl_multiplier=1000)
     with door.start(config, concurrency) as running:
-        clusters = max(1, size // 1000)
-        warm = ["--nodes", size, "--clusters", clusters, "--connections", p["connections"]]
-        loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 1, "--body", "empty", *warm)
-        idle = idle_cpu(running, p["idle"])
+        fleet = ["--nodes", size, "--clusters", 1, "--connections", p["connections"]]
+        loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 1, "--body", "empty", *fleet)
+        before = trickle_cpu(running, p["idle"])
         rss0 = rss_bytes(running.pid)
-        fill = loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 120, "--max-pushes", size, *warm)
+        fill = loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 120, "--max-pushes", size, *fleet)
         rss1 = rss_bytes(running.pid)
-        busy = idle_cpu(running, p["idle"])
+        after = trickle_cpu(running, p["idle"])
         return {"nodes": size, "rss_before": rss0, "rss_after": rss1, "bytes_per_node": (rss1 - rss0) / size,
                 "fill_errors": fill["pushes"]["error_count"],
-                # One recompute per second: the extra idle CPU is the recompute's cost.
-                "recompute_cpu_ms": max(0.0, (busy - idle) * 1000)}
+                # One recompute per second: the extra CPU per second is one recompute's cost.
+                "recompute_cpu_ms": max(0.0, (after - before) * 1000)}
 
 
-def idle_cpu(running: Running, seconds: float) -> float:
-    """CPU seconds per second the process uses with no requests."""
-    cpu0 = cpu_seconds(running.pid)
-    time.sleep(seconds)
-    return (cpu_seconds(running.pid) - cpu0) / seconds
+def trickle_cpu(running: Running, seconds: float) -> float:
+    """CPU seconds per second under 100 empty pushes/s (which add no nodes but keep every worker ticking)."""
+    run = loadgen(running, "--rate", 100, "--warmup", 0, "--duration", seconds, "--body", "empty",
+                  "--connections", 4)
+    return run["server"]["cpu_pct"] / 100
+
+
+def stalls(door: Door, p: dict, concurrency: int) -> dict:
+    """The middle offered rate with no recompute inside the window (push_interval 1h), to compare with 5s."""
+    rate = p["rates"][len(p["rates"]) // 2]
+    with door.start(plugin_config("1h", p["nodes"]), concurrency) as running:
+        return loadgen(running, "--rate", rate, "--warmup", p["warmup"], "--duration", p["duration"],
+                       "--query-share", p["query_share"], *fleet_args(p))
+
+
+def one_worker(p: dict) -> list:
+    """Saturation of the anchor and the wasm filter with Envoy --concurrency 1."""
+    out = []
+    for door in DOORS[:2]:
+        with door.start(plugin_config("5s", p["nodes"]), 1) as running:
+            out.append({"title": door.title, **loadgen(running, "--rate", 0, "--warmup", 1, "--duration", 4,
+                                                          *fleet_args(p))})
+    return out
 
 
 def native(sizes: list) -> dict:
@@ -143,12 +190,51 @@ def native(sizes: list) -> dict:
             "steps": run("steps", "--nodes", 10_000, "--clusters", 10, "--iterations", 50_000)}
 
 
+PROFILED = ROOT / "target/prof/release/ingero-bench"
+# (label, function as callgrind_annotate names it): the steps of one JSON push, natively.
+PROFILE_STEPS = [
+    ("whole push (`on_head` + `on_body`)", "ingero_bench::native::push_bytes"),
+    ("decode OTLP JSON (`ExportRequest::decode`)", "ingero_fleet_core::otlp::ExportRequest::decode"),
+    ("  of which serde_json string parsing", "<serde_json::read::SliceRead as serde_json::read::Read>::parse_str"),
+    ("  of which UTF-8 validation", "core::str::converts::from_utf8"),
+    ("validate points (`push::extract`)", "ingero_fleet_core::push::extract"),
+    ("registry write (`Registry::record`)", "ingero_fleet_core::registry::Registry<S>::record"),
+    ("  of which shard read + postcard decode", "ingero_fleet_core::registry::Registry<S>::load_shard"),
+    ("  of which postcard encode", "ingero_fleet_core::registry::encode"),
+    ("allocator: malloc (all callers)", "malloc"),
+    ("allocator: free (all callers)", "free"),
+    ("allocator: realloc (all callers)", "realloc"),
+]
+
+
+def callgrind(nodes: int = 1000, iterations: int = 5000) -> dict:
+    """Instructions per JSON push natively, by step: callgrind over `ingero-bench steps`, collecting only
+    inside the push (scripts/bench builds target/prof with symbols when valgrind exists)."""
+    if not PROFILED.exists():
+        return {}
+    data = OUT / "callgrind.out"
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={data}", "--toggle-collect=*push_bytes*",
+                    str(PROFILED), "steps", "--nodes", str(nodes), "--iterations", str(iterations), "--only",
+                    "whole push: JSON"], capture_output=True, check=True)
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(data)], capture_output=True,
+                          text=True).stdout
+    pushes = nodes + iterations  # the fill pushes each node once, then the step's iterations
+    out = {}
+    for label, function in PROFILE_STEPS:
+        for line in text.splitlines():
+            count, _, rest = line.strip().partition(" ")
+            if rest.split(":", 1)[-1].startswith(f"{function} ["):
+                out[label] = int(count.replace(",", "")) / pushes
+                break
+    return out
+
+
 def variants(p: dict, concurrency: int) -> list:
     out = []
     for title, start, args in WASM_VARIANTS:
         with start(plugin_config("5s", p["nodes"]), concurrency) as running:
             out.append({"title": title, **loadgen(running, "--rate", 0, "--warmup", 1, "--duration", 4,
-                                                    *fleet_args(p), *args)})
+                                                    *fleet_args(p), *args, during=perf_split)})
     return out
 
 
@@ -161,7 +247,7 @@ def main() -> int:
     args = parser.parse_args()
     p = SMOKE if args.smoke else FULL
     wanted = set(filter(None, args.doors.split(",")))
-    results: dict = {"meta": meta(args.concurrency, p), "doors": {}, "skipped": {}, "sizes": {}}
+    results: dict = {"meta": meta(args.concurrency, p), "doors": {}, "skipped": {}, "sizes": {}, "stalls": {}}
     started = time.monotonic()
     for door in DOORS:
         if wanted and door.key not in wanted:
@@ -172,12 +258,15 @@ def main() -> int:
             continue
         print(f"bench: {door.title} ...", file=sys.stderr)
         results["doors"][door.key] = load_runs(door, p, args.concurrency)
-        if door.fleet and p["sizes"]:
+        if door.fleet and not args.smoke:
             results["sizes"][door.key] = [size_point(door, n, p, args.concurrency) for n in p["sizes"]]
+            results["stalls"][door.key] = stalls(door, p, args.concurrency)
     if not args.smoke:
         print("bench: wasm filter variants and native core ...", file=sys.stderr)
         results["variants"] = variants(p, args.concurrency)
+        results["one_worker"] = one_worker(p)
         results["native"] = native(p["sizes"])
+        results["native"]["callgrind"] = callgrind()
     results["meta"]["elapsed_s"] = time.monotonic() - started
     raw = json.dumps(results, indent=1)
     OUT.mkdir(parents=True, exist_ok=True)

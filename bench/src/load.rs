@@ -21,7 +21,7 @@ const GRACE: Duration = Duration::from_secs(2);
 pub struct Plan {
     pub push_addr: SocketAddr,
     pub api_addr: Option<SocketAddr>,
-    /// Offered requests per second (pushes and queries together); `None` = closed loop.
+    /// Offered pushes per second; `None` = closed loop.
     pub rate: Option<f64>,
     pub warmup: Duration,
     pub duration: Duration,
@@ -30,7 +30,7 @@ pub struct Plan {
     pub body: BodyKind,
     /// Push path without the query string.
     pub path: String,
-    /// Share of requests that are threshold queries.
+    /// Threshold queries per push, sent on their own connections in addition to the pushes.
     pub query_share: f64,
     /// Stop after this many pushes in all (closed loop only).
     pub max_pushes: Option<u64>,
@@ -115,7 +115,7 @@ fn connection_loop(run: &Run, role: Role, index: usize, of: usize, mut tally: Ta
         (Role::Query, Some(api)) => api,
         _ => plan.push_addr,
     };
-    let share = if role == Role::Query { plan.query_share } else { 1.0 - plan.query_share };
+    let share = if role == Role::Query { plan.query_share } else { 1.0 };
     // Each connection offers its share of the rate; connections are staggered over one period.
     let period = plan.rate.map(|rate| Duration::from_secs_f64(of as f64 / (rate * share).max(1e-9)));
     let mut scheduled = run.start + period.map(|p| p.mul_f64(index as f64 / of as f64)).unwrap_or_default();

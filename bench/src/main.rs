@@ -22,11 +22,11 @@ use std::time::Duration;
 
 /// The command line.
 pub const USAGE: &str = "usage:
-  ingero-bench load --push ADDR [--api ADDR] [--rate REQ_PER_S (0: closed loop)] [--warmup S] [--duration S]
+  ingero-bench load --push ADDR [--api ADDR] [--rate PUSHES_PER_S (0: closed loop)] [--warmup S] [--duration S]
                     [--connections N] [--nodes N] [--clusters K] [--body json|protobuf|empty] [--path /v1/metrics]
-                    [--query-share F] [--max-pushes N] [--k 2.0] [--quorum 5]
+                    [--query-share QUERIES_PER_PUSH] [--max-pushes N] [--k 2.0] [--quorum 5]
   ingero-bench recompute [--nodes N] [--clusters K] [--repeats R]
-  ingero-bench steps [--nodes N] [--clusters K] [--iterations I]";
+  ingero-bench steps [--nodes N] [--clusters K] [--iterations I] [--only STEP_NAME_PREFIX]";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1)) {
@@ -48,7 +48,7 @@ fn run(mut argv: impl Iterator<Item = String>) -> Result<Value, BenchError> {
     let report = match command.as_str() {
         "load" => load(&mut args, fleet)?,
         "recompute" => native::recompute(fleet, args.get("repeats", 3)?)?,
-        "steps" => native::steps(fleet, args.get("iterations", 100_000)?)?,
+        "steps" => native::steps(fleet, args.get("iterations", 100_000)?, &args.get("only", String::new())?)?,
         other => return Err(BenchError::Usage(format!("unknown command {other:?}"))),
     };
     args.finish()?;
@@ -73,7 +73,7 @@ fn load(args: &mut Args, fleet: Fleet) -> Result<Value, BenchError> {
         fleet,
         body,
         path: args.get("path", "/v1/metrics".to_owned())?,
-        query_share: args.get("query-share", 0.0f64)?.clamp(0.0, 0.9),
+        query_share: args.get("query-share", 0.0f64)?.clamp(0.0, 1.0),
         max_pushes: args.optional("max-pushes")?,
     };
     let described = json!({
@@ -85,7 +85,7 @@ fn load(args: &mut Args, fleet: Fleet) -> Result<Value, BenchError> {
         "nodes": fleet.nodes,
         "clusters": fleet.clusters,
         "body": body_name,
-        "body_bytes": fleet.agent(0).body(body, 0).len(),
+        "body_bytes": fleet.agent(0).body(body, 1_700_000_000_000_000_000).len(),
         "query_share": plan.query_share,
     });
     let outcome = load::run(plan)?;

@@ -113,8 +113,9 @@ pub fn recompute(fleet: AgentFleet, repeats: u32) -> Result<Value, BenchError> {
     }))
 }
 
-/// Microseconds per call of each step of a push, over `fleet.nodes` distinct agents.
-pub fn steps(fleet: AgentFleet, iterations: u64) -> Result<Value, BenchError> {
+/// Microseconds per call of each step of a push, over `fleet.nodes` distinct agents; only the
+/// steps whose name starts with `only` (all when empty), e.g. to profile one step under callgrind.
+pub fn steps(fleet: AgentFleet, iterations: u64, only: &str) -> Result<Value, BenchError> {
     let (core, _) = filled(&fleet)?;
     let now = T0_MS + INTERVAL_MS;
     let book = core.tick(now)?.unwrap_or_default();
@@ -150,6 +151,9 @@ pub fn steps(fleet: AgentFleet, iterations: u64) -> Result<Value, BenchError> {
         .collect();
     let mut out = serde_json::Map::new();
     let mut step = |name: &str, f: &mut dyn FnMut(u64) -> Result<(), BenchError>| -> Result<(), BenchError> {
+        if !name.starts_with(only) {
+            return Ok(());
+        }
         let started = Instant::now();
         for i in 0..iterations {
             f(i)?;
