@@ -77,6 +77,29 @@ pub struct RequestHead<'a> {
     pub content_length: Option<usize>,
 }
 
+impl<'a> RequestHead<'a> {
+    /// Picks Fleet's fields out of a proxy's header list (HTTP/2-style
+    /// pseudo-headers `:method` and `:path`, names in any case), in one pass.
+    pub fn from_headers(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut head = Self::default();
+        for (name, value) in headers {
+            let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
+            if is(":method") {
+                head.method = value;
+            } else if is(":path") {
+                head.path = value;
+            } else if is("content-type") {
+                head.content_type = Some(value);
+            } else if is("content-encoding") {
+                head.content_encoding = Some(value);
+            } else if is("content-length") {
+                head.content_length = value.trim().parse().ok();
+            }
+        }
+        head
+    }
+}
+
 /// What to do after the request head.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeadStep {

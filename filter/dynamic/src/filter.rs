@@ -57,16 +57,10 @@ impl Stream {
     /// The request head: pass, answer now, or start reading a push body.
     pub fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> HeadersStatus {
         let headers = host.request_headers();
-        let find = |name: &str| {
-            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).and_then(|(_, v)| text(v))
-        };
-        let head = RequestHead {
-            method: find(":method").unwrap_or(""),
-            path: find(":path").unwrap_or(""),
-            content_type: find("content-type"),
-            content_encoding: find("content-encoding"),
-            content_length: find("content-length").and_then(|v| v.trim().parse().ok()),
-        };
+        // Headers that are not UTF-8 cannot be Fleet's: they are left out.
+        let text =
+            headers.iter().filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)));
+        let head = RequestHead::from_headers(text);
         let now = now_ms();
         let book = self.book(host, now);
         match self.front.fleet().on_head(&head, &book) {
@@ -130,10 +124,6 @@ impl Stream {
 }
 
 /// A header value as text; values that are not UTF-8 count as absent (the core then refuses them).
-fn text(value: &[u8]) -> Option<&str> {
-    std::str::from_utf8(value).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,14 +38,7 @@ impl HttpContext for FleetHttp {
     fn on_http_request_headers(&mut self, _count: usize, end_of_stream: bool) -> Action {
         // One host call for all headers: each call costs more than the scan.
         let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let find = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-        let head = RequestHead {
-            method: find(":method").unwrap_or(""),
-            path: find(":path").unwrap_or(""),
-            content_type: find("content-type"),
-            content_encoding: find("content-encoding"),
-            content_length: find("content-length").and_then(|v| v.trim().parse().ok()),
-        };
+        let head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let step = self.worker.fleet.on_head(&head, &self.worker.book());
         match step {
             HeadStep::Pass => Action::Continue,

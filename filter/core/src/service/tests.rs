@@ -293,3 +293,22 @@ fn listings_follow_pushes_state_changes_and_expiry() {
     let page = send(&fleet, head("GET", "/", None), &[], 0, &book);
     assert_eq!(page.reply.header("content-type"), Some("text/html; charset=utf-8"));
 }
+
+#[test]
+fn request_heads_come_from_header_lists() {
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/metrics?cluster_id=c"),
+        ("Content-Type", "application/json"),
+        ("content-encoding", "gzip"),
+        ("content-length", " 42"),
+        ("x-other", "1"),
+    ];
+    let head = RequestHead::from_headers(headers);
+    assert_eq!((head.method, head.path), ("POST", "/v1/metrics?cluster_id=c"));
+    assert_eq!(
+        (head.content_type, head.content_encoding, head.content_length),
+        (Some("application/json"), Some("gzip"), Some(42))
+    );
+    assert_eq!(RequestHead::from_headers([]).content_type, None);
+}
