@@ -153,10 +153,11 @@ def instructions(results: dict) -> list[str]:
     profile = results.get("native", {}).get("callgrind")
     if not profile:
         return []
-    total = next(iter(profile.values()))
-    lines = ["| step of one JSON agent push (native, callgrind) | instructions | share |", "|---|---:|---:|"]
-    lines += [f"| {label.replace('  ', '&nbsp;&nbsp;')} | {ir:,.0f} | {ir / total:.0%} |"
-              for label, ir in profile.items()]
+    us = results["native"]["steps"]["us_per_call"]
+    lines = ["| step (native) | instructions per call | µs per call |", "|---|---:|---:|"]
+    lines += [f"| {name} | {ir:,.0f} | {us[name]:.2f} |" for name, ir in profile["steps"].items()]
+    lines += ["", "| function (own instructions, one JSON agent push) | instructions per push |", "|---|---:|"]
+    lines += [f"| `{name[:110]}` | {ir:,.0f} |" for name, ir in profile["top"]]
     return lines
 
 
@@ -243,14 +244,11 @@ def markdown(results: dict) -> str:
         "",
         *variants(results),
         "",
-        "The core's steps natively (one thread, no proxy; `ingero-bench steps`):",
+        "The core's steps natively (one thread, no proxy; `ingero-bench steps`), in time and in instructions "
+        "(`valgrind --tool=callgrind` over `ingero-bench steps --only <step>` minus a run with no step; then the "
+        "functions with the most instructions of their own inside one JSON push):",
         "",
-        *steps(results),
-        "",
-        "Instructions per push by step (`valgrind --tool=callgrind` over `ingero-bench steps --only \"whole push: "
-        "JSON\"`, inclusive counts, collected only inside the push; absent when valgrind is not installed):",
-        "",
-        *instructions(results),
+        *(instructions(results) or steps(results)),
         "",
     ]
     return "\n".join(sections)

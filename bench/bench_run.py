@@ -191,42 +191,39 @@ def native(sizes: list) -> dict:
 
 
 PROFILED = ROOT / "target/prof/release/ingero-bench"
-# (label, function as callgrind_annotate names it): the steps of one JSON push, natively.
-PROFILE_STEPS = [
-    ("whole push (`on_head` + `on_body`)", "ingero_bench::native::push_bytes"),
-    ("decode OTLP JSON (`ExportRequest::decode`)", "ingero_fleet_core::otlp::ExportRequest::decode"),
-    ("  of which serde_json string parsing", "<serde_json::read::SliceRead as serde_json::read::Read>::parse_str"),
-    ("  of which UTF-8 validation", "core::str::converts::from_utf8"),
-    ("validate points (`push::extract`)", "ingero_fleet_core::push::extract"),
-    ("registry write (`Registry::record`)", "ingero_fleet_core::registry::Registry<S>::record"),
-    ("  of which shard read + postcard decode", "ingero_fleet_core::registry::Registry<S>::load_shard"),
-    ("  of which postcard encode", "ingero_fleet_core::registry::encode"),
-    ("allocator: malloc (all callers)", "malloc"),
-    ("allocator: free (all callers)", "free"),
-    ("allocator: realloc (all callers)", "realloc"),
-]
 
 
-def callgrind(nodes: int = 1000, iterations: int = 5000) -> dict:
-    """Instructions per JSON push natively, by step: callgrind over `ingero-bench steps`, collecting only
-    inside the push (scripts/bench builds target/prof with symbols when valgrind exists)."""
+def callgrind(step_names: list, nodes: int = 500, iterations: int = 3000) -> dict:
+    """Instructions per call of each native step (`ingero-bench steps --only <step>` under callgrind, minus
+    a run with no step: robust to inlining), and the functions with the most instructions of their own in a
+    JSON push. Empty unless scripts/bench built target/prof (it does when valgrind exists)."""
     if not PROFILED.exists():
         return {}
     data = OUT / "callgrind.out"
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={data}", "--toggle-collect=*push_bytes*",
-                    str(PROFILED), "steps", "--nodes", str(nodes), "--iterations", str(iterations), "--only",
-                    "whole push: JSON"], capture_output=True, check=True)
-    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(data)], capture_output=True,
-                          text=True).stdout
+
+    def instructions(only: str, *extra: str) -> int:
+        run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={data}", *extra, str(PROFILED),
+                              "steps", "--nodes", str(nodes), "--iterations", str(iterations), "--only", only],
+                             capture_output=True, text=True, check=True)
+        refs = [line for line in run.stderr.splitlines() if "refs:" in line]
+        return int(refs[-1].split()[-1].replace(",", ""))
+
+    base = instructions("(none)")
+    steps = {name: (instructions(name) - base) / iterations for name in step_names}
+    # One JSON push's own instructions by function, collecting only inside the push.
     pushes = nodes + iterations  # the fill pushes each node once, then the step's iterations
-    out = {}
-    for label, function in PROFILE_STEPS:
-        for line in text.splitlines():
-            count, _, rest = line.strip().partition(" ")
-            if rest.split(":", 1)[-1].startswith(f"{function} ["):
-                out[label] = int(count.replace(",", "")) / pushes
-                break
-    return out
+    instructions("whole push: JSON agent body", "--toggle-collect=*push_bytes*")
+    text = subprocess.run(["callgrind_annotate", str(data)], capture_output=True, text=True).stdout
+    lines = text.splitlines()
+    own: dict = {}  # a function inlined from several source files appears once per file: add them up
+    for line in lines[next(i for i, x in enumerate(lines) if "file:function" in x) + 2:][:40]:
+        count, _, rest = line.strip().partition(" ")
+        if not count[:1].isdigit():
+            break
+        function = rest.split(")", 1)[-1].strip().split(":", 1)[-1].split(" [")[0]
+        own[function] = own.get(function, 0) + int(count.replace(",", "")) / pushes
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:12]
+    return {"steps": steps, "top": top}
 
 
 def variants(p: dict, concurrency: int) -> list:
@@ -266,7 +263,7 @@ def main() -> int:
         results["variants"] = variants(p, args.concurrency)
         results["one_worker"] = one_worker(p)
         results["native"] = native(p["sizes"])
-        results["native"]["callgrind"] = callgrind()
+        results["native"]["callgrind"] = callgrind(list(results["native"]["steps"]["us_per_call"]))
     results["meta"]["elapsed_s"] = time.monotonic() - started
     raw = json.dumps(results, indent=1)
     OUT.mkdir(parents=True, exist_ok=True)

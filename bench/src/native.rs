@@ -8,6 +8,7 @@ use crate::error::BenchError;
 use ingero_fleet_core::otlp::{BodyFormat, ExportRequest};
 use ingero_fleet_core::push::{extract, NodeScore};
 use ingero_fleet_core::reply::Reply;
+use ingero_fleet_core::threshold::CohortTally;
 use ingero_fleet_core::{Config, Fleet, HeadStep, MemoryCounters, MemoryStore, RequestHead, ThresholdBook};
 use serde_json::{json, Value};
 use std::hint::black_box;
@@ -91,10 +92,11 @@ pub fn recompute(fleet: AgentFleet, repeats: u32) -> Result<Value, BenchError> {
         tick_ms.push(ms(started.elapsed()));
         // The two halves of a tick, timed apart: reading and expiring the shards, then the statistics.
         let started = Instant::now();
-        let live = core.registry().sweep(now, core.config().node_ttl_ms())?;
+        let mut tally = CohortTally::default();
+        core.registry().sweep(now, core.config().node_ttl_ms(), |record| tally.add(record))?;
         sweep_ms.push(ms(started.elapsed()));
         let started = Instant::now();
-        black_box(book.next(&live, core.config(), now / INTERVAL_MS, now));
+        black_box(book.next(tally, core.config(), now / INTERVAL_MS, now));
         next_ms.push(ms(started.elapsed()));
     }
     let active: u32 = book.cohorts.iter().map(|c| c.active_nodes).sum();
