@@ -164,16 +164,18 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
 
     /// Removes nodes not seen for more than `ttl_ms` and returns the rest. Their
     /// slots go back to the cluster table in one write, also when a shard fails.
-    pub fn sweep(&self, now_ms: u64, ttl_ms: u64) -> Result<Vec<NodeRecord>, FleetError> {
-        let (mut live, mut expired) = (Vec::new(), Vec::new());
+    /// Each live record is shown to `visit` while its shard is in hand, so the
+    /// sweep never holds more than one shard's records.
+    pub fn sweep(&self, now_ms: u64, ttl_ms: u64, mut visit: impl FnMut(&NodeRecord)) -> Result<(), FleetError> {
+        let mut expired = Vec::new();
         let swept = (0..self.shards).map(shard_key).try_for_each(|key| {
             let (kept, gone) = self.sweep_shard(&key, now_ms, ttl_ms)?;
-            live.extend(kept);
+            kept.iter().for_each(&mut visit);
             expired.extend(gone.iter().map(|r| cluster_hash(&r.cluster)));
             Ok::<(), FleetError>(())
         });
         self.release(&expired)?;
-        swept.map(|()| live)
+        swept
     }
 
     /// Every stored record, expired or not, without changing anything.
@@ -381,6 +383,13 @@ mod tests {
         NodeCaps { nodes, nodes_per_cluster: nodes, clusters: 1_000, retry_after_s: 1 }
     }
 
+    /// Sweeps and returns the live records.
+    fn live(reg: &Registry<'_, MemoryStore>, now_ms: u64, ttl_ms: u64) -> Vec<NodeRecord> {
+        let mut live = Vec::new();
+        assert_eq!(reg.sweep(now_ms, ttl_ms, |r| live.push(r.clone())), Ok(()));
+        live
+    }
+
     pub(crate) fn score(cluster: &str, node: &str, value: f64) -> NodeScore {
         NodeScore {
             cluster: cluster.into(),
@@ -424,8 +433,8 @@ mod tests {
         let reg = Registry::new(&store, 2);
         let _ = reg.record(&score("c", "old", 0.5), 1_000, caps(2));
         let _ = reg.record(&score("c", "new", 0.5), 5_000, caps(2));
-        assert_eq!(reg.sweep(51_000, 50_000).map(|l| l.len()), Ok(2), "exactly at the TTL still counts");
-        let live = reg.sweep(51_001, 50_000).unwrap_or_default();
+        assert_eq!(live(&reg, 51_000, 50_000).len(), 2, "exactly at the TTL still counts");
+        let live = live(&reg, 51_001, 50_000);
         assert_eq!(live.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["new"]);
         assert_eq!(reg.tracked_nodes(), Ok(1));
         assert_eq!(reg.record(&score("c", "third", 0.5), 51_001, caps(2)), Ok(Admission::Inserted));
@@ -449,7 +458,7 @@ mod tests {
         assert_eq!((reg.tracked_nodes(), reg.tracked_clusters()), (Ok(3), Ok(2)));
         // Once every node of a cluster expires, its slot is free for a new cluster.
         assert_eq!(reg.record(&score("b", "1", 0.5), 10, caps), Ok(Admission::Updated));
-        assert_eq!(reg.sweep(6, 5).map(|l| l.len()), Ok(1));
+        assert_eq!(live(&reg, 6, 5).len(), 1);
         assert_eq!((reg.tracked_nodes(), reg.tracked_clusters()), (Ok(1), Ok(1)));
         assert_eq!(reg.record(&score("c", "1", 0.5), 10, caps), Ok(Admission::Inserted));
     }

@@ -12,7 +12,7 @@ use crate::push::{extract, names_a_cluster};
 use crate::registry::{Admission, Registry, KEY_PREFIX};
 use crate::reply::Reply;
 use crate::store::{SharedStore, StoreError};
-use crate::threshold::ThresholdBook;
+use crate::threshold::{CohortTally, ThresholdBook};
 
 /// The dashboard: one self-contained page that reads the listing API.
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -230,9 +230,10 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         if !self.claim_epoch(epoch)? {
             return Ok(None);
         }
-        let live = self.registry().sweep(now_ms, self.config.node_ttl_ms())?;
+        let mut tally = CohortTally::default();
+        self.registry().sweep(now_ms, self.config.node_ttl_ms(), |record| tally.add(record))?;
         let previous = self.published_book(None)?.map(|(book, _)| book).unwrap_or_default();
-        let next = previous.next(&live, &self.config, epoch, now_ms);
+        let next = previous.next(tally, &self.config, epoch, now_ms);
         self.store.set(&book_key(), &next.encode(), None).map_err(store_error)?;
         Ok(Some(next))
     }

@@ -53,20 +53,59 @@ pub struct ThresholdBook {
     pub cohorts: Vec<ThresholdSnapshot>,
 }
 
-impl ThresholdBook {
-    /// The next book from the live records, smoothing against `self`.
-    pub fn next(&self, live: &[NodeRecord], config: &Config, epoch: u64, now_ms: u64) -> ThresholdBook {
-        let mut groups: BTreeMap<(&str, &str), Vec<&NodeRecord>> = BTreeMap::new();
-        for record in live {
-            groups.entry((record.cluster.as_str(), record.cohort.as_str())).or_default().push(record);
+/// The live nodes grouped by cohort, reduced to what the statistics need, so a
+/// recompute holds 8 bytes per active node instead of every record.
+#[derive(Debug, Default)]
+pub struct CohortTally {
+    /// By cluster, then by cohort; ids are copied once per cohort, not per node.
+    clusters: BTreeMap<String, BTreeMap<String, Group>>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    active_scores: Vec<f64>,
+    live_nodes: u32,
+    world_size: u32,
+}
+
+impl CohortTally {
+    /// Counts one live node.
+    pub fn add(&mut self, record: &NodeRecord) {
+        let cohorts = match self.clusters.get_mut(record.cluster.as_str()) {
+            Some(cohorts) => cohorts,
+            None => self.clusters.entry(record.cluster.clone()).or_default(),
+        };
+        let group = match cohorts.get_mut(record.cohort.as_str()) {
+            Some(group) => group,
+            None => cohorts.entry(record.cohort.clone()).or_default(),
+        };
+        group.live_nodes += 1;
+        if record.state == NodeState::Active {
+            group.active_scores.push(record.score);
         }
-        let cohorts = groups
-            .into_iter()
-            .map(|((cluster, cohort), records)| {
-                let previous = self.cohort(cluster, cohort).and_then(|s| s.threshold);
-                snapshot(cluster, cohort, &records, previous, config)
-            })
-            .collect();
+        let world_size = record.details.world_size.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+        group.world_size = group.world_size.max(world_size);
+    }
+}
+
+impl<'r> FromIterator<&'r NodeRecord> for CohortTally {
+    fn from_iter<I: IntoIterator<Item = &'r NodeRecord>>(records: I) -> Self {
+        let mut tally = Self::default();
+        records.into_iter().for_each(|r| tally.add(r));
+        tally
+    }
+}
+
+impl ThresholdBook {
+    /// The next book from the live nodes' tally, smoothing against `self`.
+    pub fn next(&self, tally: CohortTally, config: &Config, epoch: u64, now_ms: u64) -> ThresholdBook {
+        let mut cohorts = Vec::new();
+        for (cluster, groups) in tally.clusters {
+            for (cohort, group) in groups {
+                let previous = self.cohort(&cluster, &cohort).and_then(|s| s.threshold);
+                cohorts.push(snapshot(cluster.clone(), cohort, group, previous, config));
+            }
+        }
         ThresholdBook { epoch, computed_at_ms: now_ms, cohorts }
     }
 
@@ -95,16 +134,15 @@ impl ThresholdBook {
 }
 
 fn snapshot(
-    cluster: &str,
-    cohort: &str,
-    records: &[&NodeRecord],
+    cluster: String,
+    cohort: String,
+    group: Group,
     previous: Option<f64>,
     config: &Config,
 ) -> ThresholdSnapshot {
-    let mut active: Vec<f64> = records.iter().filter(|r| r.state == NodeState::Active).map(|r| r.score).collect();
-    let active_nodes = active.len() as u32;
-    let scores = active.clone();
-    let spread = Spread::of(&mut active, config.k);
+    let scores = group.active_scores;
+    let active_nodes = scores.len() as u32;
+    let spread = Spread::of(&mut scores.clone(), config.k);
     let threshold = spread.filter(|_| active_nodes >= config.statistical_min).map(|s| {
         let smoothed = match previous {
             Some(prev) => config.ema_alpha * s.raw_threshold + (1.0 - config.ema_alpha) * prev,
@@ -113,13 +151,12 @@ fn snapshot(
         smoothed.clamp(THRESHOLD_RANGE.0, THRESHOLD_RANGE.1)
     });
     let stragglers = threshold.map_or(0, |t| scores.iter().filter(|s| *s + STRAGGLER_EPSILON < t).count() as u32);
-    let world_size =
-        records.iter().filter_map(|r| r.details.world_size).max().unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+    let world_size = group.world_size;
     ThresholdSnapshot {
-        cluster: cluster.to_owned(),
-        cohort: cohort.to_owned(),
+        cluster,
+        cohort,
         active_nodes,
-        live_nodes: records.len() as u32,
+        live_nodes: group.live_nodes,
         median: spread.map_or(0.0, |s| s.median),
         mad: spread.map_or(0.0, |s| s.mad),
         threshold,
@@ -146,6 +183,10 @@ mod tests {
         }
     }
 
+    fn tally(records: &[NodeRecord]) -> CohortTally {
+        records.iter().collect()
+    }
+
     fn records(cluster: &str, scores: &[f64]) -> Vec<NodeRecord> {
         scores.iter().enumerate().map(|(i, s)| record(cluster, "", i, *s)).collect()
     }
@@ -161,10 +202,10 @@ mod tests {
     #[test]
     fn quorum_gates_the_threshold() {
         let config = Config::default();
-        let four = ThresholdBook::default().next(&records("c", &SCORES[..4]), &config, 1, 0);
+        let four = ThresholdBook::default().next(tally(&records("c", &SCORES[..4])), &config, 1, 0);
         assert_eq!(four.threshold("c", ""), None);
         assert_eq!(four.cohort("c", "").map(|s| s.active_nodes), Some(4));
-        let five = ThresholdBook::default().next(&records("c", &SCORES), &config, 1, 0);
+        let five = ThresholdBook::default().next(tally(&records("c", &SCORES)), &config, 1, 0);
         assert!(close(five.threshold("c", ""), RAW));
         assert_eq!(five.cohort("c", "").map(|s| s.stragglers), Some(1), "0.5 is below");
     }
@@ -173,7 +214,7 @@ mod tests {
     fn only_active_nodes_count() {
         let mut live = records("c", &SCORES);
         live[0].state = NodeState::Calibrating;
-        let book = ThresholdBook::default().next(&live, &Config::default(), 1, 0);
+        let book = ThresholdBook::default().next(tally(&live), &Config::default(), 1, 0);
         assert_eq!(book.threshold("c", ""), None);
         assert_eq!(book.cohort("c", "").map(|s| (s.active_nodes, s.live_nodes)), Some((4, 5)));
     }
@@ -181,26 +222,26 @@ mod tests {
     #[test]
     fn ema_sequence_then_reset_after_quorum_loss() {
         let config = Config::default();
-        let first = ThresholdBook::default().next(&records("c", &SCORES), &config, 1, 0);
+        let first = ThresholdBook::default().next(tally(&records("c", &SCORES)), &config, 1, 0);
         assert!(close(first.threshold("c", ""), RAW), "the first value is the raw one");
         let all_high = records("c", &[0.9; 5]); // raw 0.9
-        let second = first.next(&all_high, &config, 2, 0);
+        let second = first.next(tally(&all_high), &config, 2, 0);
         let expect2 = 0.2 * 0.9 + 0.8 * RAW;
         assert!(close(second.threshold("c", ""), expect2));
-        let third = second.next(&all_high, &config, 3, 0);
+        let third = second.next(tally(&all_high), &config, 3, 0);
         assert!(close(third.threshold("c", ""), 0.2 * 0.9 + 0.8 * expect2));
-        let lost = third.next(&all_high[..4], &config, 4, 0);
+        let lost = third.next(tally(&all_high[..4]), &config, 4, 0);
         assert_eq!(lost.threshold("c", ""), None);
-        let back = lost.next(&all_high, &config, 5, 0);
+        let back = lost.next(tally(&all_high), &config, 5, 0);
         assert!(close(back.threshold("c", ""), 0.9), "restarts from raw");
     }
 
     #[test]
     fn clamped_to_what_the_agent_accepts() {
         let config = Config::default();
-        let low = ThresholdBook::default().next(&records("c", &[0.0, 0.0, 0.3, 0.5, 0.6]), &config, 1, 0);
+        let low = ThresholdBook::default().next(tally(&records("c", &[0.0, 0.0, 0.3, 0.5, 0.6])), &config, 1, 0);
         assert_eq!(low.threshold("c", ""), Some(0.1));
-        let high = ThresholdBook::default().next(&records("c", &[1.0; 5]), &config, 1, 0);
+        let high = ThresholdBook::default().next(tally(&records("c", &[1.0; 5])), &config, 1, 0);
         assert_eq!(high.threshold("c", ""), Some(0.99));
     }
 
@@ -209,7 +250,7 @@ mod tests {
         let mut live = records("a", &SCORES);
         live.extend(records("b", &[0.5; 5]));
         live.extend(SCORES.iter().enumerate().map(|(i, s)| record("a", "cg1", 10 + i, s - 0.2)));
-        let book = ThresholdBook::default().next(&live, &Config::default(), 1, 0);
+        let book = ThresholdBook::default().next(tally(&live), &Config::default(), 1, 0);
         assert!(close(book.threshold("a", ""), RAW));
         assert!(close(book.threshold("b", ""), 0.5));
         assert!(close(book.threshold("a", "cg1"), RAW - 0.2));
@@ -221,16 +262,16 @@ mod tests {
     fn coverage_is_low_below_the_fraction_of_world_size() {
         let mut live = records("c", &SCORES);
         live[0].details.world_size = Some(8);
-        let book = ThresholdBook::default().next(&live, &Config::default(), 1, 0);
+        let book = ThresholdBook::default().next(tally(&live), &Config::default(), 1, 0);
         assert_eq!(book.cohort("c", "").map(|s| (s.world_size, s.coverage_low)), Some((8, true)));
         live[0].details.world_size = Some(6);
-        let book = ThresholdBook::default().next(&live, &Config::default(), 1, 0);
+        let book = ThresholdBook::default().next(tally(&live), &Config::default(), 1, 0);
         assert_eq!(book.cohort("c", "").map(|s| s.coverage_low), Some(false));
     }
 
     #[test]
     fn round_trips_through_shared_data() {
-        let book = ThresholdBook::default().next(&records("c", &SCORES), &Config::default(), 7, 42);
+        let book = ThresholdBook::default().next(tally(&records("c", &SCORES)), &Config::default(), 7, 42);
         assert_eq!(ThresholdBook::decode(&book.encode()), book);
     }
 }
