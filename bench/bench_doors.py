@@ -4,26 +4,22 @@ from its build artefact. Adding a front door is one entry in DOORS."""
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fleet import WASM, Envoy, free_port, render_envoy, request, wait_for  # noqa: E402
+import frontdoors  # noqa: E402
+from dynamic import MODULE as DYNAMIC_MODULE, dynamic_envoy  # noqa: E402
+from fleet import WASM, Envoy, free_port, render_envoy  # noqa: E402
+from frontdoors import Standalone, render_upstream  # noqa: E402
 
 ANCHOR = ROOT / "envoy/bench-anchor.yaml"
-DYNAMIC_TEMPLATE = ROOT / "envoy/envoy-dynamic.yaml"
-DYNAMIC_MODULE = ROOT / "target/release/libingero_fleet.so"
+LISTENERS = ("otlp_http", "api", "metrics")
 
 
 def _built(*candidates: Path) -> Path:
@@ -31,14 +27,14 @@ def _built(*candidates: Path) -> Path:
     return next((c for c in candidates if c.exists()), candidates[0])
 
 
-SERVER = _built(ROOT / "target/release/ingero-fleet", ROOT / "target/debug/ingero-fleet")
-LISTENERS = ("otlp_http", "api", "metrics")
+# The tests' Standalone runs this binary: the bench measures the release build when there is one.
+SERVER = frontdoors.SERVER = _built(ROOT / "target/release/ingero-fleet", frontdoors.SERVER)
 
 
 @dataclass
 class Running:
-    """A started front door: the process to watch and its loopback ports."""
-    pid: int
+    """A started front door: the processes to watch and its loopback ports."""
+    pids: tuple
     push: int
     api: int
     metrics: int
@@ -56,6 +52,8 @@ class Door:
     start: Start
     # False for the anchor, which answers without Fleet (no threshold, no nodes).
     fleet: bool = True
+    # Whether memory per node, recompute cost and stalls are measured (for a door of its own process).
+    detail: bool = True
 
     def available(self) -> bool:
         return self.artefact is None or self.artefact.exists()
@@ -70,7 +68,7 @@ def _ports() -> dict:
 @contextmanager
 def _envoy(config: dict, ports: dict, concurrency: int) -> Iterator[Running]:
     with Envoy(config, concurrency=concurrency, log_level="error") as envoy:
-        yield Running(envoy.process.pid, ports["otlp_http"], ports["api"], ports["metrics"])
+        yield Running((envoy.process.pid,), ports["otlp_http"], ports["api"], ports["metrics"])
 
 
 @contextmanager
@@ -81,67 +79,39 @@ def anchor(_plugin_config: dict, concurrency: int) -> Iterator[Running]:
         yield running
 
 
-def wasm_config(plugin_config: dict, ports: dict) -> dict:
-    """envoy/envoy.yaml rendered as tests/fleet.py does."""
-    return render_envoy(copy.deepcopy(plugin_config), ports, free_port())
-
-
 @contextmanager
 def wasm(plugin_config: dict, concurrency: int, variant: Callable[[dict], dict] = lambda c: c) -> Iterator[Running]:
-    """Envoy + the proxy-wasm filter; `variant` may rewrite the rendered configuration."""
+    """Envoy + the proxy-wasm filter (envoy/envoy.yaml rendered as the tests do); `variant` may rewrite it."""
     ports = _ports()
-    with _envoy(variant(wasm_config(plugin_config, ports)), ports, concurrency) as running:
+    config = variant(render_envoy(copy.deepcopy(plugin_config), ports, free_port()))
+    with _envoy(config, ports, concurrency) as running:
         yield running
 
 
 @contextmanager
 def dynamic(plugin_config: dict, concurrency: int) -> Iterator[Running]:
-    """envoy/envoy-dynamic.yaml: Envoy + the native dynamic module from target/release."""
-    ports = _ports()
-    config = render_envoy({}, ports, free_port(), template=DYNAMIC_TEMPLATE)
-    for listener in config["static_resources"]["listeners"]:
-        for f in listener["filter_chains"][0]["filters"]:
-            for hf in f["typed_config"].get("http_filters", []):
-                if hf["name"] == "envoy.filters.http.dynamic_modules":
-                    hf["typed_config"]["filter_config"]["value"] = json.dumps(plugin_config)
-    os.environ["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(DYNAMIC_MODULE.parent)
-    with _envoy(config, ports, concurrency) as running:
-        yield running
+    """envoy/envoy-dynamic.yaml: Envoy + the native dynamic module, as the tests start it."""
+    envoy, ports = dynamic_envoy(plugin_config, concurrency, log_level="error")
+    with envoy:
+        yield Running((envoy.process.pid,), ports.push, ports.api, ports.metrics)
 
 
-# === the standalone server ===
+# === the standalone server, alone or behind Envoy ===
 
 @contextmanager
 def server(plugin_config: dict, _concurrency: int) -> Iterator[Running]:
-    """target/release/ingero-fleet with the same keys in its YAML file (its runtime uses every core)."""
-    ports = _ports()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-server-"))
-    document = copy.deepcopy(plugin_config)
-    document["listen"] = {"otlp_http": f"127.0.0.1:{ports['otlp_http']}", "otlp_grpc": f"127.0.0.1:{free_port()}",
-                          "api": f"127.0.0.1:{ports['api']}", "metrics": f"127.0.0.1:{ports['metrics']}"}
-    (tmp / "config.yaml").write_text(yaml.safe_dump(document))
-    log = open(tmp / "server.log", "wb")
-    process = subprocess.Popen([str(SERVER), "--config", str(tmp / "config.yaml")], stdout=log,
-                               stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {"RUST_LOG": "warn"})
+    """ingero-fleet with the same keys in its YAML file (its runtime uses every core)."""
+    with Standalone(plugin_config) as s:
+        yield Running((s.process.pid,), s.ports["otlp_http"], s.ports["api"], s.ports["metrics"])
 
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"ingero-fleet exited: {(tmp / 'server.log').read_text(errors='replace')}")
-        try:
-            return request(ports["api"], "GET", "/api/v1/threshold?cluster_id=ready", timeout=1).status == 200
-        except OSError:
-            return False
 
-    try:
-        wait_for(ready, timeout=20, what="ingero-fleet to be ready")
-        yield Running(process.pid, ports["otlp_http"], ports["api"], ports["metrics"])
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+@contextmanager
+def upstream(plugin_config: dict, concurrency: int) -> Iterator[Running]:
+    """envoy/envoy-upstream.yaml: Envoy with no filter proxying to ingero-fleet (CPU and RSS of both)."""
+    with Standalone(plugin_config) as s:
+        listen = {name: free_port() for name in s.ports}
+        with Envoy(render_upstream(listen, s.ports, free_port()), concurrency=concurrency, log_level="error") as e:
+            yield Running((e.process.pid, s.process.pid), listen["otlp_http"], listen["api"], listen["metrics"])
 
 
 DOORS = [
@@ -149,6 +119,7 @@ DOORS = [
     Door("wasm", "Envoy + wasm filter", WASM, wasm),
     Door("dynamic", "Envoy + dynamic module", DYNAMIC_MODULE, dynamic),
     Door("server", "standalone ingero-fleet", SERVER, server),
+    Door("upstream", "Envoy proxying to ingero-fleet", SERVER, upstream, detail=False),
 ]
 
 

@@ -30,17 +30,23 @@ SMOKE = dict(nodes=200, clusters=4, connections=8, rates=[300], warmup=0.5, dura
 
 # === measuring a process ===
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (USER_HZ is 100 on Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0
+def cpu_seconds(running: Running) -> float:
+    """utime + stime of the front door's processes (USER_HZ is 100 on Linux)."""
+    total = 0
+    for pid in running.pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / 100.0
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def rss_bytes(running: Running) -> int:
+    """Resident memory of the front door's processes."""
+    total = 0
+    for pid in running.pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def loadgen(running: Running, *args, during: Callable[[Running], dict] | None = None) -> dict:
@@ -48,7 +54,7 @@ def loadgen(running: Running, *args, during: Callable[[Running], dict] | None = 
     `during(running)` runs while the load does and its answer is kept as "during"."""
     cmd = [str(LOADGEN), "load", "--push", f"127.0.0.1:{running.push}", "--api", f"127.0.0.1:{running.api}",
            *map(str, args)]
-    cpu0, wall0 = cpu_seconds(running.pid), time.monotonic()
+    cpu0, wall0 = cpu_seconds(running), time.monotonic()
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     side = during(running) if during else None
     stdout, stderr = process.communicate()
@@ -56,7 +62,7 @@ def loadgen(running: Running, *args, during: Callable[[Running], dict] | None = 
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr}")
     result = json.loads(stdout)
     wall = time.monotonic() - wall0
-    result["server"] = {"cpu_pct": 100 * (cpu_seconds(running.pid) - cpu0) / wall, "rss_bytes": rss_bytes(running.pid)}
+    result["server"] = {"cpu_pct": 100 * (cpu_seconds(running) - cpu0) / wall, "rss_bytes": rss_bytes(running)}
     if side is not None:
         result["during"] = side
     return result
@@ -66,8 +72,8 @@ def perf_split(running: Running, after: float = 1.5, seconds: float = 2.5) -> di
     """Where the process's CPU goes (kernel, Envoy's own code, JIT-compiled wasm, libc), sampled by
     `perf record -e cpu-clock`; empty when perf cannot sample here."""
     time.sleep(after)
-    data = OUT / f"perf-{running.pid}.data"
-    recorded = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(running.pid),
+    data = OUT / f"perf-{running.pids[0]}.data"
+    recorded = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(running.pids[0]),
                                "-o", str(data), "--", "sleep", str(seconds)], capture_output=True)
     if recorded.returncode != 0:
         return {}
@@ -129,7 +135,7 @@ def load_runs(door: Door, p: dict, concurrency: int) -> dict:
     interval = "1s" if p is SMOKE else "5s"
     out: dict = {"title": door.title}
     with door.start(plugin_config(interval, max(p["nodes"], 1000)), concurrency) as running:
-        out["idle_rss_bytes"] = rss_bytes(running.pid)
+        out["idle_rss_bytes"] = rss_bytes(running)
         if p["saturation"]:
             out["saturation"] = loadgen(running, "--rate", 0, "--warmup", p["saturation_warmup"],
                                         "--duration", p["saturation"], *fleet_args(p))
@@ -147,9 +153,9 @@ def size_point(door: Door, size: int, p: dict, concurrency: int) -> dict:
         fleet = ["--nodes", size, "--clusters", 1, "--connections", p["connections"]]
         loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 1, "--body", "empty", *fleet)
         before = trickle_cpu(running, p["idle"])
-        rss0 = rss_bytes(running.pid)
+        rss0 = rss_bytes(running)
         fill = loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 120, "--max-pushes", size, *fleet)
-        rss1 = rss_bytes(running.pid)
+        rss1 = rss_bytes(running)
         after = trickle_cpu(running, p["idle"])
         return {"nodes": size, "rss_before": rss0, "rss_after": rss1, "bytes_per_node": (rss1 - rss0) / size,
                 "fill_errors": fill["pushes"]["error_count"],
@@ -255,7 +261,7 @@ def main() -> int:
             continue
         print(f"bench: {door.title} ...", file=sys.stderr)
         results["doors"][door.key] = load_runs(door, p, args.concurrency)
-        if door.fleet and not args.smoke:
+        if door.fleet and door.detail and not args.smoke:
             results["sizes"][door.key] = [size_point(door, n, p, args.concurrency) for n in p["sizes"]]
             results["stalls"][door.key] = stalls(door, p, args.concurrency)
     if not args.smoke:
