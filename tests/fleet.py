@@ -102,11 +102,11 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 def push(port: int, cluster: str | None, body: bytes, content_type: str = "application/json",
-         extra_headers: dict | None = None) -> Response:
+         extra_headers: dict | None = None, timeout: float = 5.0) -> Response:
     path = "/v1/metrics" + (f"?cluster_id={cluster}" if cluster is not None else "")
     headers = {"Content-Type": content_type} if content_type else {}
     headers.update(extra_headers or {})
-    return request(port, "POST", path, body, headers)
+    return request(port, "POST", path, body, headers, timeout=timeout)
 
 
 def threshold(port: int, cluster: str, cohort: str | None = None) -> Response:

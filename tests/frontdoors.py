@@ -7,6 +7,7 @@ A new front door is one factory and one entry in FRONT_DOORS."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import Callable, ContextManager, Iterator
 import yaml
 
 from dynamic import dynamic_envoy
-from fleet import ROOT, Envoy, fleet_envoy, free_port, request, wait_for
+from fleet import ROOT, WASM, Envoy, fleet_envoy, free_port, request, wait_for
 
 SERVER = ROOT / "target/debug/ingero-fleet"
 UPSTREAM_ENVOY = ROOT / "envoy/envoy-upstream.yaml"
@@ -105,6 +106,28 @@ def render_upstream(listen: dict, upstream: dict, admin_port: int) -> dict:
     return config
 
 
+# === the filter as an Istio WasmPlugin runs it ===
+
+def render_sidecar(listen: dict, app: dict, admin_port: int, plugin_config: dict) -> dict:
+    """The filter the way Istio's WasmPlugin installs it: before the router to the
+    pod's app (here the standalone server), without `allow_on_headers_stop_iteration`,
+    which the WasmPlugin API cannot set, so the plugin runs with `pause_on_headers: false`."""
+    config = render_upstream(listen, app, admin_port)
+    reference = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())["static_resources"]["listeners"][0]
+    wasm = next(hf for hf in reference["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+                if hf["name"] == "envoy.filters.http.wasm")
+    plugin = wasm["typed_config"]["config"]
+    del plugin["allow_on_headers_stop_iteration"]
+    plugin["configuration"]["value"] = json.dumps(plugin_config | {"pause_on_headers": False})
+    plugin["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    for listener in config["static_resources"]["listeners"]:
+        if listener["name"] == "otlp_grpc":
+            continue  # the filter speaks OTLP/HTTP only
+        for f in listener["filter_chains"][0]["filters"]:
+            f["typed_config"]["http_filters"].insert(0, copy.deepcopy(wasm))
+    return config
+
+
 # === the registry ===
 
 @contextmanager
@@ -131,6 +154,15 @@ def standalone_door(config: dict) -> Iterator[Door]:
 
 
 @contextmanager
+def sidecar_door(config: dict) -> Iterator[Door]:
+    """The filter as an Istio WasmPlugin runs it, in front of the standalone server as the pod's app."""
+    with Standalone(config) as app:
+        listen = {name: free_port() for name in app.ports}
+        with Envoy(render_sidecar(listen, app.ports, free_port(), config)):
+            yield Door("sidecar", listen["otlp_http"], listen["api"], listen["metrics"])
+
+
+@contextmanager
 def upstream_door(config: dict) -> Iterator[Door]:
     """Envoy with no filter, proxying every port to the standalone server."""
     with Standalone(config) as server:
@@ -144,4 +176,5 @@ FRONT_DOORS: dict[str, Callable[[dict], ContextManager[Door]]] = {
     "dynamic": dynamic_door,
     "upstream": upstream_door,
     "standalone": standalone_door,
+    "sidecar": sidecar_door,
 }

@@ -116,8 +116,12 @@ def test_envoy_filter_inserts_the_reference_filter_on_each_port():
 
 def test_envoy_filter_and_wasm_plugin_carry_the_same_plugin_config():
     wasm_plugin = one("wasmplugin.yaml", "WasmPlugin")["spec"]["pluginConfig"]
+    # The WasmPlugin cannot set allow_on_headers_stop_iteration, so it alone does not pause on headers.
+    assert wasm_plugin["pause_on_headers"] is False
     for value in envoyfilter_filters():
-        assert json.loads(value["typed_config"]["config"]["configuration"]["value"]) == wasm_plugin
+        plugin_config = json.loads(value["typed_config"]["config"]["configuration"]["value"])
+        assert plugin_config.get("pause_on_headers", True) is True
+        assert plugin_config | {"pause_on_headers": False} == wasm_plugin
 
 
 @pytest.fixture(scope="module")

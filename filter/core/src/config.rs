@@ -47,6 +47,11 @@ pub struct Config {
     pub max_id_bytes: usize,
     /// Most data points accepted in one push.
     pub max_points_per_push: usize,
+    /// proxy-wasm filter only: hold a push at its headers while the body
+    /// arrives. That needs Envoy's `allow_on_headers_stop_iteration: true`;
+    /// where the host cannot set it (Istio's WasmPlugin), set this false and let
+    /// the headers go on to a next filter or upstream that waits for the body.
+    pub pause_on_headers: bool,
     /// Listen addresses (used by the standalone server only).
     pub listen: Listen,
 }
@@ -86,6 +91,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_id_bytes: DEFAULT_MAX_ID_BYTES,
             max_points_per_push: DEFAULT_MAX_POINTS_PER_PUSH,
+            pause_on_headers: true,
             listen: Listen::default(),
         }
     }
@@ -147,6 +153,7 @@ impl Config {
                 "max_body_bytes",
                 "max_id_bytes",
                 "max_points_per_push",
+                "pause_on_headers",
             ],
         );
         let max_expected_nodes = check.int(root, "max_expected_nodes", d.max_expected_nodes, 1, 1_000_000);
@@ -163,6 +170,7 @@ impl Config {
             max_body_bytes: check.int(root, "max_body_bytes", d.max_body_bytes, 1024, 64 << 20),
             max_id_bytes: check.int(root, "max_id_bytes", d.max_id_bytes, 8, 4096),
             max_points_per_push: check.int(root, "max_points_per_push", d.max_points_per_push, 1, 1_000_000),
+            pause_on_headers: check.boolean(root, "pause_on_headers", d.pause_on_headers),
             listen: Listen {
                 otlp_http: check.string(listen, "listen.otlp_http", d.listen.otlp_http),
                 otlp_grpc: check.string(listen, "listen.otlp_grpc", d.listen.otlp_grpc),
@@ -328,6 +336,19 @@ impl Checker {
         }
     }
 
+    fn boolean(&mut self, map: &Map<String, Value>, path: &str, default: bool) -> bool {
+        match Self::leaf(map, path) {
+            None => default,
+            Some(Value::Bool(b)) => *b,
+            // Helm's --set passes booleans as strings.
+            Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
+            Some(value) => {
+                self.problems.push(format!("{path} = {value} must be true or false"));
+                default
+            }
+        }
+    }
+
     fn string(&mut self, map: &Map<String, Value>, path: &str, default: String) -> String {
         match Self::leaf(map, path) {
             None => default,
@@ -373,6 +394,11 @@ mod tests {
         assert_eq!(c.map(|c| c.max_body_bytes), Some(2048));
         assert_eq!(c.map(|c| c.max_id_bytes), Some(64));
         assert_eq!(c.map(|c| c.max_points_per_push), Some(50));
+        assert_eq!(c.map(|c| c.pause_on_headers), Some(true));
+        let flag = |json: &str| Config::from_json(json.as_bytes()).map(|p| p.config.pause_on_headers);
+        assert_eq!(flag(r#"{"pause_on_headers":false}"#), Ok(false));
+        assert_eq!(flag(r#"{"pause_on_headers":"false"}"#), Ok(false));
+        assert!(flag(r#"{"pause_on_headers":1}"#).is_err());
     }
 
     #[test]

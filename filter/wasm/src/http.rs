@@ -46,7 +46,13 @@ impl HttpContext for FleetHttp {
             HeadStep::ReadBody(push) if end_of_stream => self.finish_push(&push, &[]),
             HeadStep::ReadBody(push) => {
                 self.pending = Some(push);
-                Action::Pause
+                // Without pausing, the headers go on; the body is still held back in
+                // on_http_request_body, so whatever is next never sees a whole push.
+                if self.worker.fleet.config().pause_on_headers {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
             }
         }
     }
