@@ -158,7 +158,7 @@ def fallback_envoy(server: Standalone, failure_policy: str) -> tuple[dict, dict]
     hcm = template["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     wasm = copy.deepcopy(next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm"))
     plugin = wasm["typed_config"]["config"]
-    plugin.pop("fail_open", None)
+    plugin.pop("failure_policy", None)
     plugin["failure_policy"] = failure_policy
     source = free_port()  # nothing listens here
     plugin["vm_config"]["code"] = {"remote": {
