@@ -8,7 +8,7 @@ use ingero_fleet_core::{Config, CounterSink, Fleet, MemoryCounters, MemoryStore,
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lock stripes of the node store: enough that four to sixteen workers rarely meet on one.
 const STORE_STRIPES: usize = 256;
@@ -47,6 +47,8 @@ pub struct Front {
     published: RwLock<Published>,
     /// The last push interval whose book this front holds; requests in it skip the refresh.
     seen_epoch: AtomicU64,
+    /// What the ticker thread could not do, for the next request to log.
+    ticker_warning: Mutex<Option<String>>,
 }
 
 /// Every filter name's backend and newest front, for the life of the process.
@@ -72,7 +74,13 @@ impl Front {
         };
         let fleet = Fleet::new(parsed.config, backend.store.clone(), backend.counters.clone());
         fleet.init().map_err(|e| format!("cannot create the store keys: {e}"))?;
-        let front = Arc::new(Front { fleet, published: RwLock::default(), seen_epoch: AtomicU64::new(0) });
+        let front = Arc::new(Front {
+            fleet,
+            published: RwLock::default(),
+            seen_epoch: AtomicU64::new(0),
+            ticker_warning: Mutex::default(),
+        });
+        spawn_ticker(&front).map_err(|e| format!("cannot start the recompute thread: {e}"))?;
         fronts.insert(name.to_owned(), (backend, front.clone()));
         Ok((front, parsed.warnings))
     }
@@ -82,12 +90,27 @@ impl Front {
         &self.fleet
     }
 
-    /// The current threshold book, first recomputing or re-reading it when a
-    /// new push interval has begun. Returns the warning to log if that failed.
+    /// The current threshold book. The ticker thread recomputes it; a request
+    /// does so itself only when the ticker is a whole push interval late. Returns
+    /// a warning to log when a refresh failed.
     pub fn book(&self, now_ms: u64) -> (Arc<ThresholdBook>, Option<String>) {
         let epoch = now_ms / self.fleet.config().push_interval_ms();
-        let warning = if self.seen_epoch.load(Ordering::Acquire) < epoch { self.refresh(now_ms, epoch) } else { None };
+        let warning = if self.seen_epoch.load(Ordering::Acquire).saturating_add(1) < epoch {
+            self.refresh(now_ms, epoch)
+        } else {
+            self.ticker_warning.try_lock().ok().and_then(|mut w| w.take())
+        };
         (self.published.read().unwrap_or_else(PoisonError::into_inner).book.clone(), warning)
+    }
+
+    /// One ticker step: refresh when a new push interval has begun.
+    fn tick(&self, now_ms: u64) {
+        let epoch = now_ms / self.fleet.config().push_interval_ms();
+        if self.seen_epoch.load(Ordering::Acquire) < epoch {
+            if let Some(warning) = self.refresh(now_ms, epoch) {
+                *self.ticker_warning.lock().unwrap_or_else(PoisonError::into_inner) = Some(warning);
+            }
+        }
     }
 
     /// The slow path, a few requests per push interval: the first caller of the
@@ -130,6 +153,21 @@ impl Front {
     }
 }
 
+/// Starts the thread that recomputes `front`'s thresholds, so no request waits
+/// for a recompute; it ends once the front is replaced and no stream holds it.
+fn spawn_ticker(front: &Arc<Front>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(front);
+    let period = (front.fleet.config().push_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    std::thread::Builder::new().name("ingero-fleet-tick".into()).spawn(move || {
+        while let Some(front) = weak.upgrade() {
+            front.tick(now_ms());
+            drop(front);
+            std::thread::sleep(period);
+        }
+    })?;
+    Ok(())
+}
+
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -159,12 +197,28 @@ mod tests {
     }
 
     #[test]
-    fn the_book_follows_the_push_interval() {
+    fn requests_recompute_only_when_the_ticker_is_a_whole_interval_late() {
+        const HOUR: u64 = 3_600_000;
         let (front, _) =
-            Front::configure("t-book", br#"{"push_interval":"1s"}"#).unwrap_or_else(|e| unreachable!("{e}"));
-        let (book, warning) = front.book(5_000);
-        assert_eq!((book.epoch, warning), (5, None));
-        assert_eq!(front.book(5_999).0.epoch, 5, "same interval: no recompute");
-        assert_eq!(front.book(7_000).0.epoch, 7);
+            Front::configure("t-book", br#"{"push_interval":"1h"}"#).unwrap_or_else(|e| unreachable!("{e}"));
+        // Hours ahead of the ticker's clock, so only these calls can move the book.
+        let start = (now_ms() / HOUR + 10) * HOUR;
+        let (book, warning) = front.book(start);
+        assert_eq!((book.epoch, warning), (start / HOUR, None));
+        assert_eq!(front.book(start + HOUR - 1).0.epoch, start / HOUR, "same interval: no recompute");
+        assert_eq!(front.book(start + HOUR).0.epoch, start / HOUR, "the next interval is the ticker's");
+        assert_eq!(front.book(start + 2 * HOUR).0.epoch, start / HOUR + 2, "the ticker is late: recompute");
+    }
+
+    #[test]
+    fn the_ticker_recomputes_without_requests() {
+        let (front, _) =
+            Front::configure("t-ticker", br#"{"push_interval":"100ms"}"#).unwrap_or_else(|e| unreachable!("{e}"));
+        let first = now_ms() / 100;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while front.published.read().map(|p| p.book.epoch).unwrap_or(0) < first + 2 {
+            assert!(std::time::Instant::now() < deadline, "the ticker never published a book");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
