@@ -10,7 +10,7 @@
 
 use crate::config::NodeCaps;
 use crate::error::FleetError;
-use crate::push::{NodeDetails, NodeScore, NodeState};
+use crate::push::{NodeDetails, NodeScore, NodeState, DETAIL_GAUGES};
 use crate::service::DropReason;
 use crate::store::{SharedStore, StoreError};
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,72 @@ impl NodeRecord {
 
     fn is(&self, score: &NodeScore) -> bool {
         self.node == score.node && self.cluster == score.cluster
+    }
+}
+
+/// What a recompute reads of a live node, borrowed from its shard.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveNode<'a> {
+    pub cluster: &'a str,
+    pub node: &'a str,
+    pub cohort: &'a str,
+    pub score: f64,
+    pub state: NodeState,
+    pub world_size: Option<i64>,
+}
+
+impl NodeRecord {
+    /// This record as the recompute sees it.
+    pub fn live_node(&self) -> LiveNode<'_> {
+        LiveNode {
+            cluster: &self.cluster,
+            node: &self.node,
+            cohort: &self.cohort,
+            score: self.score,
+            state: self.state,
+            world_size: self.details.world_size,
+        }
+    }
+}
+
+/// A stored record read without copying its text. Its layout is
+/// [`NodeRecord`]'s field for field (postcard has no field names), which
+/// `record_views_read_and_write_records` checks.
+#[derive(Serialize, Deserialize)]
+struct RecordView<'a> {
+    cluster: &'a str,
+    node: &'a str,
+    cohort: &'a str,
+    score: f64,
+    state: NodeState,
+    last_seen_ms: u64,
+    #[serde(borrow)]
+    details: DetailsView<'a>,
+}
+
+/// [`NodeDetails`] without copying its text.
+#[derive(Serialize, Deserialize)]
+struct DetailsView<'a> {
+    rank: Option<i64>,
+    world_size: Option<i64>,
+    #[serde(borrow)]
+    gpu_model: Option<&'a str>,
+    gpu_count: Option<i64>,
+    #[serde(borrow)]
+    detection_mode: Option<&'a str>,
+    gauges: [Option<f64>; DETAIL_GAUGES.len()],
+}
+
+impl RecordView<'_> {
+    fn live_node(&self) -> LiveNode<'_> {
+        LiveNode {
+            cluster: self.cluster,
+            node: self.node,
+            cohort: self.cohort,
+            score: self.score,
+            state: self.state,
+            world_size: self.details.world_size,
+        }
     }
 }
 
@@ -162,18 +228,15 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         Err(FleetError::Busy)
     }
 
-    /// Removes nodes not seen for more than `ttl_ms` and returns the rest. Their
-    /// slots go back to the cluster table in one write, also when a shard fails.
-    /// Each live record is shown to `visit` while its shard is in hand, so the
-    /// sweep never holds more than one shard's records.
-    pub fn sweep(&self, now_ms: u64, ttl_ms: u64, mut visit: impl FnMut(&NodeRecord)) -> Result<(), FleetError> {
+    /// Removes nodes not seen for more than `ttl_ms` and shows each live one to
+    /// `visit`, borrowed from its shard: the sweep copies no record and holds one
+    /// shard at a time. Freed slots go back to the cluster table in one write,
+    /// also when a shard fails.
+    pub fn sweep(&self, now_ms: u64, ttl_ms: u64, mut visit: impl FnMut(LiveNode<'_>)) -> Result<(), FleetError> {
         let mut expired = Vec::new();
-        let swept = (0..self.shards).map(shard_key).try_for_each(|key| {
-            let (kept, gone) = self.sweep_shard(&key, now_ms, ttl_ms)?;
-            kept.iter().for_each(&mut visit);
-            expired.extend(gone.iter().map(|r| cluster_hash(&r.cluster)));
-            Ok::<(), FleetError>(())
-        });
+        let swept = (0..self.shards)
+            .map(shard_key)
+            .try_for_each(|key| self.sweep_shard(&key, now_ms, ttl_ms, &mut visit, &mut expired));
         self.release(&expired)?;
         swept
     }
@@ -197,25 +260,30 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         Ok(self.load_clusters()?.0.len())
     }
 
-    /// The live and the expired records of one shard, after removing the expired ones.
+    /// Sweeps one shard: rewrites it without its expired records (noting their
+    /// clusters in `expired`), then visits the live ones.
     fn sweep_shard(
         &self,
         key: &str,
         now_ms: u64,
         ttl_ms: u64,
-    ) -> Result<(Vec<NodeRecord>, Vec<NodeRecord>), FleetError> {
+        visit: &mut impl FnMut(LiveNode<'_>),
+        expired: &mut Vec<u64>,
+    ) -> Result<(), FleetError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (records, version) = self.load_shard(key)?;
-            let (live, expired): (Vec<NodeRecord>, Vec<NodeRecord>) =
+            let Some((bytes, version)) = self.store.get(key).map_err(host)? else { return Ok(()) };
+            let records: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
+            let (live, gone): (Vec<_>, Vec<_>) =
                 records.into_iter().partition(|r| now_ms.saturating_sub(r.last_seen_ms) <= ttl_ms);
-            if expired.is_empty() {
-                return Ok((live, expired));
+            if !gone.is_empty() {
+                match self.store.set(key, &postcard::to_allocvec(&live).unwrap_or_default(), Some(version)) {
+                    Ok(()) => expired.extend(gone.iter().map(|r| cluster_hash(r.cluster))),
+                    Err(StoreError::CasMismatch) => continue,
+                    Err(e) => return Err(host(e)),
+                }
             }
-            match self.store.set(key, &encode(&live), version) {
-                Ok(()) => return Ok((live, expired)),
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(host(e)),
-            }
+            live.iter().for_each(|r| visit(r.live_node()));
+            return Ok(());
         }
         Err(FleetError::Busy)
     }
@@ -383,11 +451,28 @@ mod tests {
         NodeCaps { nodes, nodes_per_cluster: nodes, clusters: 1_000, retry_after_s: 1 }
     }
 
-    /// Sweeps and returns the live records.
-    fn live(reg: &Registry<'_, MemoryStore>, now_ms: u64, ttl_ms: u64) -> Vec<NodeRecord> {
+    /// Sweeps and returns the live nodes' ids.
+    fn live(reg: &Registry<'_, MemoryStore>, now_ms: u64, ttl_ms: u64) -> Vec<String> {
         let mut live = Vec::new();
-        assert_eq!(reg.sweep(now_ms, ttl_ms, |r| live.push(r.clone())), Ok(()));
+        assert_eq!(reg.sweep(now_ms, ttl_ms, |n| live.push(n.node.to_owned())), Ok(()));
         live
+    }
+
+    #[test]
+    fn record_views_read_and_write_records() {
+        let mut record = NodeRecord::new(&score("c", "n", 0.5), 7);
+        record.details = NodeDetails {
+            rank: Some(3),
+            world_size: Some(8),
+            gpu_model: Some("H100".into()),
+            gpu_count: Some(8),
+            detection_mode: Some("ebpf".into()),
+            gauges: [Some(0.9), None, Some(0.4), None, None, Some(1.0)],
+        };
+        let bytes = encode(std::slice::from_ref(&record));
+        let views: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
+        assert_eq!(views.iter().map(RecordView::live_node).collect::<Vec<_>>(), [record.live_node()]);
+        assert_eq!(postcard::to_allocvec(&views).ok(), Some(bytes), "a rewritten shard is byte for byte the same");
     }
 
     pub(crate) fn score(cluster: &str, node: &str, value: f64) -> NodeScore {
@@ -435,7 +520,7 @@ mod tests {
         let _ = reg.record(&score("c", "new", 0.5), 5_000, caps(2));
         assert_eq!(live(&reg, 51_000, 50_000).len(), 2, "exactly at the TTL still counts");
         let live = live(&reg, 51_001, 50_000);
-        assert_eq!(live.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["new"]);
+        assert_eq!(live, ["new"]);
         assert_eq!(reg.tracked_nodes(), Ok(1));
         assert_eq!(reg.record(&score("c", "third", 0.5), 51_001, caps(2)), Ok(Admission::Inserted));
     }

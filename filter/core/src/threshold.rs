@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::push::NodeState;
-use crate::registry::NodeRecord;
+use crate::registry::LiveNode;
 use crate::stats::Spread;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -70,29 +70,21 @@ struct Group {
 
 impl CohortTally {
     /// Counts one live node.
-    pub fn add(&mut self, record: &NodeRecord) {
-        let cohorts = match self.clusters.get_mut(record.cluster.as_str()) {
+    pub fn add(&mut self, record: LiveNode<'_>) {
+        let cohorts = match self.clusters.get_mut(record.cluster) {
             Some(cohorts) => cohorts,
-            None => self.clusters.entry(record.cluster.clone()).or_default(),
+            None => self.clusters.entry(record.cluster.to_owned()).or_default(),
         };
-        let group = match cohorts.get_mut(record.cohort.as_str()) {
+        let group = match cohorts.get_mut(record.cohort) {
             Some(group) => group,
-            None => cohorts.entry(record.cohort.clone()).or_default(),
+            None => cohorts.entry(record.cohort.to_owned()).or_default(),
         };
         group.live_nodes += 1;
         if record.state == NodeState::Active {
             group.active_scores.push(record.score);
         }
-        let world_size = record.details.world_size.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+        let world_size = record.world_size.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
         group.world_size = group.world_size.max(world_size);
-    }
-}
-
-impl<'r> FromIterator<&'r NodeRecord> for CohortTally {
-    fn from_iter<I: IntoIterator<Item = &'r NodeRecord>>(records: I) -> Self {
-        let mut tally = Self::default();
-        records.into_iter().for_each(|r| tally.add(r));
-        tally
     }
 }
 
@@ -170,6 +162,7 @@ fn snapshot(
 mod tests {
     use super::*;
     use crate::push::NodeDetails;
+    use crate::registry::NodeRecord;
 
     fn record(cluster: &str, cohort: &str, node: usize, score: f64) -> NodeRecord {
         NodeRecord {
@@ -184,7 +177,9 @@ mod tests {
     }
 
     fn tally(records: &[NodeRecord]) -> CohortTally {
-        records.iter().collect()
+        let mut tally = CohortTally::default();
+        records.iter().for_each(|r| tally.add(r.live_node()));
+        tally
     }
 
     fn records(cluster: &str, scores: &[f64]) -> Vec<NodeRecord> {
