@@ -48,10 +48,6 @@ impl NodeRecord {
             details: score.details.clone(),
         }
     }
-
-    fn is(&self, score: &NodeScore) -> bool {
-        self.node == score.node && self.cluster == score.cluster
-    }
 }
 
 /// What a recompute reads of a live node, borrowed from its shard.
@@ -105,6 +101,28 @@ struct DetailsView<'a> {
     #[serde(borrow)]
     detection_mode: Option<&'a str>,
     gauges: [Option<f64>; DETAIL_GAUGES.len()],
+}
+
+impl NodeRecord {
+    fn view(&self) -> RecordView<'_> {
+        let d = &self.details;
+        RecordView {
+            cluster: &self.cluster,
+            node: &self.node,
+            cohort: &self.cohort,
+            score: self.score,
+            state: self.state,
+            last_seen_ms: self.last_seen_ms,
+            details: DetailsView {
+                rank: d.rank,
+                world_size: d.world_size,
+                gpu_model: d.gpu_model.as_deref(),
+                gpu_count: d.gpu_count,
+                detection_mode: d.detection_mode.as_deref(),
+                gauges: d.gauges,
+            },
+        }
+    }
 }
 
 impl RecordView<'_> {
@@ -191,12 +209,16 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
     /// new cluster past `caps.clusters` is an error (answered 429).
     pub fn record(&self, score: &NodeScore, now_ms: u64, caps: NodeCaps) -> Result<Admission, FleetError> {
         let key = shard_key(self.shard_of(&score.cluster, &score.node));
+        let fresh = NodeRecord::new(score, now_ms);
         let mut reserved = false;
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut records, version) = self.load_shard(&key)?;
-            let inserted = match records.iter_mut().find(|r| r.is(score)) {
+            // The shard's other records are carried over as borrowed views, never copied.
+            let (bytes, version) =
+                self.store.get(&key).map_err(host)?.map_or((Vec::new(), None), |(b, v)| (b, Some(v)));
+            let mut records: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
+            let inserted = match records.iter_mut().find(|r| r.node == score.node && r.cluster == score.cluster) {
                 Some(record) => {
-                    *record = NodeRecord::new(score, now_ms);
+                    *record = fresh.view();
                     false
                 }
                 None => {
@@ -206,11 +228,11 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
                         }
                         reserved = true;
                     }
-                    records.push(NodeRecord::new(score, now_ms));
+                    records.push(fresh.view());
                     true
                 }
             };
-            match self.store.set(&key, &encode(&records), version) {
+            match self.store.set(&key, &postcard::to_allocvec(&records).unwrap_or_default(), version) {
                 Ok(()) => {
                     if reserved && !inserted {
                         // Another worker inserted this node first; give the slot back.
@@ -429,10 +451,6 @@ fn clusters_key() -> String {
     format!("{KEY_PREFIX}clusters")
 }
 
-fn encode(records: &[NodeRecord]) -> Vec<u8> {
-    postcard::to_allocvec(records).unwrap_or_default()
-}
-
 /// An unreadable shard (written by another version) counts as empty and is rewritten.
 fn decode(bytes: &[u8]) -> Vec<NodeRecord> {
     postcard::from_bytes(bytes).unwrap_or_default()
@@ -469,10 +487,11 @@ mod tests {
             detection_mode: Some("ebpf".into()),
             gauges: [Some(0.9), None, Some(0.4), None, None, Some(1.0)],
         };
-        let bytes = encode(std::slice::from_ref(&record));
+        let bytes = postcard::to_allocvec(std::slice::from_ref(&record)).unwrap_or_default();
         let views: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
         assert_eq!(views.iter().map(RecordView::live_node).collect::<Vec<_>>(), [record.live_node()]);
-        assert_eq!(postcard::to_allocvec(&views).ok(), Some(bytes), "a rewritten shard is byte for byte the same");
+        assert_eq!(postcard::to_allocvec(&views).ok(), Some(bytes.clone()), "a rewritten shard is the same bytes");
+        assert_eq!(postcard::to_allocvec(&vec![record.view()]).ok(), Some(bytes), "a view writes its record");
     }
 
     pub(crate) fn score(cluster: &str, node: &str, value: f64) -> NodeScore {
