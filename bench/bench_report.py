@@ -75,8 +75,9 @@ def rates(results: dict) -> list[str]:
 def sizes(results: dict) -> list[str]:
     native = {r["nodes"]: r for r in results.get("native", {}).get("recompute", [])}
     lines = ["| front door | tracked nodes | RSS before → after fill, MiB | bytes per node | "
-             "recompute CPU in the process, ms | native recompute (`Fleet::tick`, MemoryStore, one cluster), ms |",
-             "|---|---:|---|---:|---:|---:|"]
+             "recompute CPU in the process, ms | on threads (extra ms/s) | "
+             "native recompute (`Fleet::tick`, MemoryStore, one cluster), ms |",
+             "|---|---:|---|---:|---:|---|---:|"]
     for key, points in results["sizes"].items():
         title = results["doors"][key]["title"]
         for p in points:
@@ -84,6 +85,7 @@ def sizes(results: dict) -> list[str]:
             lines.append(
                 f"| {title} | {p['nodes']:,} | {p['rss_before'] / MIB:.0f} → {p['rss_after'] / MIB:.0f} | "
                 f"{p['bytes_per_node']:,.0f} | {p['recompute_cpu_ms']:.0f} | "
+                f"{', '.join(f'`{t}` {ms:.0f}' for t, ms in p.get('recompute_threads_ms', {}).items()) or '–'} | "
                 f"{n.get('tick_ms', float('nan')):.1f} (sweep {n.get('sweep_ms', float('nan')):.1f}, statistics "
                 f"{n.get('statistics_ms', float('nan')):.1f}) |")
     return lines
@@ -213,18 +215,6 @@ def markdown(results: dict) -> str:
         "",
         *rates(results),
         "",
-        "## Recompute stalls",
-        "",
-        "Envoy runs the recompute on a worker thread (the first worker to tick in each interval), so requests "
-        "on that worker's connections wait for it. The same offered rate on a fresh process whose push interval "
-        "does not end inside the window shows the latency without that stall.",
-        "",
-        *stalls(results),
-        "",
-        "## One Envoy worker or two",
-        "",
-        *one_worker(results),
-        "",
         "## Memory per tracked node and recompute cost",
         "",
         "Each size starts a fresh process with `max_expected_nodes` = the size and `push_interval` 1s, warms it up "
@@ -233,6 +223,19 @@ def markdown(results: dict) -> str:
         "ticking) after the fill minus before it: one recompute per second; /proc resolution 10 ms. The native column times `Fleet::tick` over the core's `MemoryStore` with all nodes in one cluster.",
         "",
         *sizes(results),
+        "",
+        "## Recompute stalls",
+        "",
+        "A recompute runs on whichever thread first acts in a new push interval (the table above names the "
+        "threads that gained CPU once the nodes were there: `envoy` is Envoy's main thread, `wrk:worker_N` its "
+        "workers). Where it blocks a worker, or holds what a worker needs, requests wait. The same offered rate "
+        "on a fresh process whose push interval does not end inside the window shows the latency without it.",
+        "",
+        *stalls(results),
+        "",
+        "## One Envoy worker or two",
+        "",
+        *one_worker(results),
         "",
         "## Where a wasm-filter push spends its time",
         "",

@@ -39,6 +39,20 @@ def cpu_seconds(running: Running) -> float:
     return total / 100.0
 
 
+def thread_cpu(running: Running) -> dict:
+    """CPU seconds by thread name (Envoy: `envoy` is the main thread, `wrk:worker_N` the workers)."""
+    out: dict = {}
+    for pid in running.pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended
+                continue
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / 100.0
+    return out
+
+
 def rss_bytes(running: Running) -> int:
     """Resident memory of the front door's processes."""
     total = 0
@@ -152,22 +166,28 @@ def size_point(door: Door, size: int, p: dict, concurrency: int) -> dict:
     with door.start(config, concurrency) as running:
         fleet = ["--nodes", size, "--clusters", 1, "--connections", p["connections"]]
         loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 1, "--body", "empty", *fleet)
-        before = trickle_cpu(running, p["idle"])
+        before, threads_before = trickle_cpu(running, p["idle"])
         rss0 = rss_bytes(running)
         fill = loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 120, "--max-pushes", size, *fleet)
         rss1 = rss_bytes(running)
-        after = trickle_cpu(running, p["idle"])
+        after, threads_after = trickle_cpu(running, p["idle"])
+        extra = {name: 1000 * (cpu - threads_before.get(name, 0.0)) for name, cpu in threads_after.items()}
         return {"nodes": size, "rss_before": rss0, "rss_after": rss1, "bytes_per_node": (rss1 - rss0) / size,
                 "fill_errors": fill["pushes"]["error_count"],
                 # One recompute per second: the extra CPU per second is one recompute's cost.
-                "recompute_cpu_ms": max(0.0, (after - before) * 1000)}
+                "recompute_cpu_ms": max(0.0, (after - before) * 1000),
+                "recompute_threads_ms": {k: v for k, v in sorted(extra.items(), key=lambda kv: -kv[1]) if v >= 5}}
 
 
-def trickle_cpu(running: Running, seconds: float) -> float:
-    """CPU seconds per second under 100 empty pushes/s (which add no nodes but keep every worker ticking)."""
+def trickle_cpu(running: Running, seconds: float) -> tuple[float, dict]:
+    """CPU seconds per second under 100 empty pushes/s (which add no nodes but keep every worker ticking),
+    in all and by thread name."""
+    threads0 = thread_cpu(running)
     run = loadgen(running, "--rate", 100, "--warmup", 0, "--duration", seconds, "--body", "empty",
                   "--connections", 4)
-    return run["server"]["cpu_pct"] / 100
+    threads1 = thread_cpu(running)
+    wall = run["plan"]["duration_s"]
+    return run["server"]["cpu_pct"] / 100, {k: (v - threads0.get(k, 0.0)) / wall for k, v in threads1.items()}
 
 
 def stalls(door: Door, p: dict, concurrency: int) -> dict:
