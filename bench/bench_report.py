@@ -27,6 +27,15 @@ def _errors(side: dict) -> str:
     return ", ".join(parts)
 
 
+def _row(*cells) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _lat(side: dict) -> str:
+    lat = side["latency_ms"]
+    return f"{_ms(lat['p50'])} / {_ms(lat['p99'])} / {_ms(lat['p999'])}"
+
+
 def _cpu_us_per_request(run: dict) -> float:
     rps = run["pushes"]["achieved_rps"] + run["queries"]["achieved_rps"]
     return run["server"]["cpu_pct"] / 100 / rps * 1e6 if rps else 0.0
@@ -42,33 +51,29 @@ def summary(results: dict) -> list[str]:
     for key, door in doors.items():
         sat = door["saturation"]
         push = sat["pushes"]
-        lat = push["latency_ms"]
         top = door["rates"][-1]
         verify = door.get("verify")
         check = "n/a (no Fleet)" if verify is None else ("correct" if verify["threshold_ok"] else
                                                          f"WRONG: {verify['why']}")
         ratio = f"{push['achieved_rps'] / anchor:.0%}" if anchor else "n/a"
-        lines.append(
-            f"| {door['title']} | {push['achieved_rps']:,.0f} | {ratio} | {_ms(lat['p50'])} / {_ms(lat['p99'])} / "
-            f"{_ms(lat['p999'])} | {sat['server']['cpu_pct']:.0f} | {_cpu_us_per_request(sat):.1f} | "
-            f"{sat['server']['rss_bytes'] / MIB:.0f} | {top['pushes']['achieved_rps']:,.0f}/s, "
-            f"{_ms(top['pushes']['latency_ms']['p99'])}, {_errors(top['pushes'])} | "
-            f"{_ms(top['queries']['latency_ms']['p99'])} | {check} |")
+        lines.append(_row(door["title"], f"{push['achieved_rps']:,.0f}", ratio, _lat(push),
+                          f"{sat['server']['cpu_pct']:.0f}", f"{_cpu_us_per_request(sat):.1f}",
+                          f"{sat['server']['rss_bytes'] / MIB:.0f}",
+                          f"{top['pushes']['achieved_rps']:,.0f}/s, {_ms(top['pushes']['latency_ms']['p99'])}, "
+                          f"{_errors(top['pushes'])}", _ms(top["queries"]["latency_ms"]["p99"]), check))
     return lines
 
 
 def rates(results: dict) -> list[str]:
-    lines = ["| front door | offered pushes/s | achieved pushes/s | p50 ms | p99 ms | p99.9 ms | push errors | "
-             "query p50 / p99 ms | server CPU % | loadgen CPU % |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+    lines = ["| front door | offered pushes/s | achieved pushes/s | push p50 / p99 / p99.9 ms | push errors | "
+             "query p50 / p99 / p99.9 ms | server CPU % | loadgen CPU % |",
+             "|---|---:|---:|---|---|---|---:|---:|"]
     for door in results["doors"].values():
         for run in door["rates"]:
-            push, query = run["pushes"], run["queries"]
-            lines.append(
-                f"| {door['title']} | {run['plan']['rate']:,.0f} | {push['achieved_rps']:,.0f} | "
-                f"{_ms(push['latency_ms']['p50'])} | {_ms(push['latency_ms']['p99'])} | "
-                f"{_ms(push['latency_ms']['p999'])} | {_errors(push)} | {_ms(query['latency_ms']['p50'])} / "
-                f"{_ms(query['latency_ms']['p99'])} | {run['server']['cpu_pct']:.0f} | {run['loadgen_cpu_pct']:.0f} |")
+            push = run["pushes"]
+            lines.append(_row(door["title"], f"{run['plan']['rate']:,.0f}", f"{push['achieved_rps']:,.0f}",
+                              _lat(push), _errors(push), _lat(run["queries"]), f"{run['server']['cpu_pct']:.0f}",
+                              f"{run['loadgen_cpu_pct']:.0f}"))
     return lines
 
 
@@ -82,18 +87,13 @@ def sizes(results: dict) -> list[str]:
         title = results["doors"][key]["title"]
         for p in points:
             n = native.get(p["nodes"], {})
-            lines.append(
-                f"| {title} | {p['nodes']:,} | {p['rss_before'] / MIB:.0f} → {p['rss_after'] / MIB:.0f} | "
-                f"{p['bytes_per_node']:,.0f} | {p['recompute_cpu_ms']:.0f} | "
-                f"{', '.join(f'`{t}` {ms:.0f}' for t, ms in p.get('recompute_threads_ms', {}).items()) or '–'} | "
-                f"{n.get('tick_ms', float('nan')):.1f} (sweep {n.get('sweep_ms', float('nan')):.1f}, statistics "
-                f"{n.get('statistics_ms', float('nan')):.1f}) |")
+            threads = ", ".join(f"`{t}` {ms:.0f}" for t, ms in p.get("recompute_threads_ms", {}).items())
+            native_ms = (f"{n.get('tick_ms', float('nan')):.1f} (sweep {n.get('sweep_ms', float('nan')):.1f}, "
+                         f"statistics {n.get('statistics_ms', float('nan')):.1f})")
+            lines.append(_row(title, f"{p['nodes']:,}", f"{p['rss_before'] / MIB:.0f} → {p['rss_after'] / MIB:.0f}",
+                              f"{p['bytes_per_node']:,.0f}", f"{p['recompute_cpu_ms']:.0f}", threads or "–",
+                              native_ms))
     return lines
-
-
-def _lat(side: dict) -> str:
-    lat = side["latency_ms"]
-    return f"{_ms(lat['p50'])} / {_ms(lat['p99'])} / {_ms(lat['p999'])}"
 
 
 def stalls(results: dict) -> list[str]:
@@ -201,8 +201,8 @@ def markdown(results: dict) -> str:
         f"push connections. Saturation is closed loop ({p['saturation']:.0f} s after {p['saturation_warmup']:.0f} s "
         f"warm-up, pushes only). Offered rates are open loop ({p['duration']:.0f} s each) with latency counted from "
         f"each request's scheduled send time (coordinated omission corrected), plus one `GET /api/v1/threshold` on "
-        f"the API port per {1 / p['query_share']:.0f} pushes on their own connections. Threshold afterwards: every node pushed once more, then each "
-        f"cluster's threshold must equal an independent median/MAD computation (`threshold.ema_alpha` 1)."
+        f"the API port per {1 / p['query_share']:.0f} pushes on their own connections. Threshold afterwards: "
+        f"every node pushed once more, then each cluster's threshold must equal an independent median/MAD computation (`threshold.ema_alpha` 1)."
         + skipped,
         "",
         "## Front doors",
@@ -218,9 +218,11 @@ def markdown(results: dict) -> str:
         "## Memory per tracked node and recompute cost",
         "",
         "Each size starts a fresh process with `max_expected_nodes` = the size and `push_interval` 1s, warms it up "
-        "with empty pushes, then pushes every node (all in one cluster) once. Bytes per node = RSS growth / nodes. Recompute CPU in the "
-        "process = CPU per second under a trickle of 100 empty pushes/s (they add no nodes but keep every worker "
-        "ticking) after the fill minus before it: one recompute per second; /proc resolution 10 ms. The native column times `Fleet::tick` over the core's `MemoryStore` with all nodes in one cluster.",
+        "with empty pushes, then pushes every node (all in one cluster) once. Bytes per node = RSS growth / nodes. "
+        "Recompute CPU in the process = CPU per second under a trickle of 100 empty pushes/s (they add no nodes "
+        "but keep every worker ticking) after the fill minus before it: one recompute per second; /proc "
+        "resolution 10 ms. The native column times `Fleet::tick` over the core's `MemoryStore` (wall clock, "
+        "median of 3), all nodes in one cluster.",
         "",
         *sizes(results),
         "",

@@ -116,7 +116,8 @@ def threshold_matches(running: Running, expected: dict) -> tuple[bool, str]:
     """Whether every cluster's threshold equals the loadgen's independent computation."""
     wrong = []
     for cluster, value in expected.items():
-        r = request(running.api, "GET", f"/api/v1/threshold?cluster_id={cluster}", headers={"Accept": "application/json"})
+        r = request(running.api, "GET", f"/api/v1/threshold?cluster_id={cluster}",
+                    headers={"Accept": "application/json"})
         answer = json.loads(r.body)
         if r.status != 200 or not answer.get("quorum_met") or abs(answer.get("threshold", 0) - value) > 1e-9:
             wrong.append(f"{cluster}: got {answer}, expected {value:.6f}")
