@@ -51,6 +51,9 @@ class Report:
     warmup_rss_kb: int = 0
     peak_rss_after_warmup_kb: int = 0
     tracked_after_expiry: int = -1
+    # The longest time between two answered pushes of one control node: past
+    # the TTL, the load generator (not Fleet) let that node expire.
+    control_gap_s: float = 0.0
 
     @property
     def rss_growth_kb(self) -> int:
@@ -61,7 +64,8 @@ class Report:
             f"soak: {self.seconds:.0f} s, pushes by answer: {dict(sorted(self.pushes.items()))}",
             f"soak: drops {self.drops}",
             f"soak: Envoy RSS {self.warmup_rss_kb} kB after warm-up, peak {self.peak_rss_after_warmup_kb} kB "
-            f"(+{self.rss_growth_kb} kB); tracked nodes after expiry {self.tracked_after_expiry}",
+            f"(+{self.rss_growth_kb} kB); tracked nodes after expiry {self.tracked_after_expiry}; "
+            f"longest gap between pushes of a control node {self.control_gap_s:.1f} s (TTL {TTL_S} s)",
             "soak: " + ("OK" if not self.problems else "PROBLEMS:\n  " + "\n  ".join(self.problems)),
         ])
 
@@ -77,10 +81,13 @@ def rss_kb(pid: int) -> int:
 class Pusher(threading.Thread):
     """One keep-alive connection pushing at a steady rate; `make_push` gives (cluster, node, score)."""
 
-    def __init__(self, port: int, rate: float, make_push, stop: threading.Event, tally: Counter, lock):
+    def __init__(self, port: int, rate: float, make_push, stop: threading.Event, tally: Counter, lock,
+                 label: str = ""):
         super().__init__(daemon=True)
         self.port, self.period, self.make_push = port, 1.0 / rate, make_push
-        self.stop, self.tally, self.lock = stop, tally, lock
+        self.stop, self.tally, self.lock, self.label = stop, tally, lock, label
+        self.last_answer: dict[str, float] = {}
+        self.longest_gap = 0.0
 
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -91,8 +98,12 @@ class Pusher(threading.Thread):
             if outcome == "connection error":
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            now = time.monotonic()
+            if outcome != "connection error":
+                self.longest_gap = max(self.longest_gap, now - self.last_answer.get(node, now))
+                self.last_answer[node] = now
             with self.lock:
-                self.tally[outcome] += 1
+                self.tally[self.label + outcome] += 1
             # Steady, not bursty: after a stall, skip the missed slots.
             due = max(due + self.period, time.monotonic())
             self.stop.wait(max(0.0, due - time.monotonic()))
@@ -138,8 +149,10 @@ def run(seconds: float, rate: float = 150.0, warmup_fraction: float = 0.3, sampl
     stop_churn, stop_control, lock = threading.Event(), threading.Event(), threading.Lock()
     with envoy:
         pid = envoy.process.pid
-        # The control cluster first: every node pushes twice per TTL, so it never expires.
-        controls = [Pusher(ports.push, len(control_nodes) * 2 / TTL_S, control, stop_control, report.pushes, lock)]
+        # The control cluster first: every node pushes six times per TTL, so only a
+        # stall of most of a TTL could let one expire (control_gap_s tells).
+        controls = [Pusher(ports.push, len(control_nodes) * 6 / TTL_S, control, stop_control, report.pushes, lock,
+                           label="control ")]
         controls[0].start()
         wait_until(lambda: threshold(ports.api, CONTROL).json().get("active_nodes") == len(control_nodes), 15,
                    "every control node to count")
@@ -167,6 +180,7 @@ def run(seconds: float, rate: float = 150.0, warmup_fraction: float = 0.3, sampl
                         if k.startswith("ingero_fleet_dropped_total") and v}
         stop_control.set()
         controls[0].join()
+        report.control_gap_s = controls[0].longest_gap
     check_run(report, warmup_fraction)
     log(report.summary())
     return report
@@ -199,9 +213,12 @@ def check_sample(s: Sample, expected: float, report: Report) -> None:
 
 
 def check_run(report: Report, warmup_fraction: float) -> None:
-    bad = {k: v for k, v in report.pushes.items() if k not in ("200", "200 partial", "429")}
+    bad = {k: v for k, v in report.pushes.items() if k not in ("200", "200 partial", "429", "control 200")}
     if bad:
         report.problems.append(f"unexpected answers: {bad}")
+    if report.control_gap_s > TTL_S:
+        report.problems.append(f"a control node went {report.control_gap_s:.1f} s without an answered push "
+                               f"(TTL {TTL_S} s): the machine stalled the load generator or Envoy")
     for reason in ("max_expected_nodes", "max_nodes_per_cluster", "max_clusters"):
         if not report.drops.get(reason):
             report.problems.append(f"no drops counted for {reason}: the churn never passed the cap")
