@@ -38,6 +38,8 @@ class Running:
     push: int
     api: int
     metrics: int
+    # Envoy's admin port (its /memory reports the heap in use), when the door is Envoy itself.
+    admin: int | None = None
 
 
 Start = Callable[[dict, int], ContextManager[Running]]
@@ -68,7 +70,7 @@ def _ports() -> dict:
 @contextmanager
 def _envoy(config: dict, ports: dict, concurrency: int) -> Iterator[Running]:
     with Envoy(config, concurrency=concurrency, log_level="error") as envoy:
-        yield Running((envoy.process.pid,), ports["otlp_http"], ports["api"], ports["metrics"])
+        yield Running((envoy.process.pid,), ports["otlp_http"], ports["api"], ports["metrics"], envoy.admin_port)
 
 
 @contextmanager
@@ -93,7 +95,7 @@ def dynamic(plugin_config: dict, concurrency: int) -> Iterator[Running]:
     """envoy/envoy-dynamic.yaml: Envoy + the native dynamic module, as the tests start it."""
     envoy, ports = dynamic_envoy(plugin_config, concurrency, log_level="error")
     with envoy:
-        yield Running((envoy.process.pid,), ports.push, ports.api, ports.metrics)
+        yield Running((envoy.process.pid,), ports.push, ports.api, ports.metrics, envoy.admin_port)
 
 
 # === the standalone server, alone or behind Envoy ===

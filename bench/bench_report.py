@@ -80,10 +80,10 @@ def rates(results: dict) -> list[str]:
 
 def sizes(results: dict) -> list[str]:
     native = {r["nodes"]: r for r in results.get("native", {}).get("recompute", [])}
-    lines = ["| front door | tracked nodes | RSS before → after fill, MiB | bytes per node | "
-             "recompute CPU in the process, ms | on threads (extra ms/s) | "
+    lines = ["| front door | nodes pushed (tracked) | RSS before → after fill, MiB | RSS bytes per node | "
+             "Envoy heap bytes per node | recompute CPU in the process, ms | on threads (extra ms/s) | "
              "native recompute (`Fleet::tick`, MemoryStore, one cluster), ms |",
-             "|---|---:|---|---:|---:|---|---:|"]
+             "|---|---:|---|---:|---:|---:|---|---:|"]
     for key, points in results["sizes"].items():
         title = results["doors"][key]["title"]
         for p in points:
@@ -91,9 +91,11 @@ def sizes(results: dict) -> list[str]:
             threads = ", ".join(f"`{t}` {ms:.0f}" for t, ms in p.get("recompute_threads_ms", {}).items())
             native_ms = (f"{n.get('tick_ms', float('nan')):.1f} (sweep {n.get('sweep_ms', float('nan')):.1f}, "
                          f"statistics {n.get('statistics_ms', float('nan')):.1f})")
-            lines.append(_row(title, f"{p['nodes']:,}", f"{p['rss_before'] / MIB:.0f} → {p['rss_after'] / MIB:.0f}",
-                              f"{p['bytes_per_node']:,.0f}", f"{p['recompute_cpu_ms']:.0f}", threads or "–",
-                              native_ms))
+            heap = p.get("heap_bytes_per_node")
+            lines.append(_row(title, f"{p['nodes']:,} ({p.get('tracked') or 0:,.0f})",
+                              f"{p['rss_before'] / MIB:.0f} → {p['rss_after'] / MIB:.0f}",
+                              f"{p['bytes_per_node']:,.0f}", "–" if heap is None else f"{heap:,.0f}",
+                              f"{p['recompute_cpu_ms']:.0f}", threads or "–", native_ms))
     return lines
 
 
@@ -220,7 +222,9 @@ def markdown(results: dict) -> str:
         "## Memory per tracked node and recompute cost",
         "",
         "Each size starts a fresh process with `max_expected_nodes` = the size and `push_interval` 1s, warms it up "
-        "with empty pushes, then pushes every node (all in one cluster) once. Bytes per node = RSS growth / nodes. "
+        "with empty pushes, then pushes every node (all in one cluster) once. Bytes per node = growth / nodes, of "
+        "the RSS and, for Envoy, of the heap its allocator has handed out (admin `/memory` `allocated`; RSS "
+        "growth hides memory the allocator already held). "
         "Recompute CPU in the process = CPU per second under a trickle of 100 empty pushes/s (they add no nodes "
         "but keep every worker ticking) after the fill minus before it: one recompute per second; /proc "
         "resolution 10 ms. The native column times `Fleet::tick` over the core's `MemoryStore` (wall clock, "

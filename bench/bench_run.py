@@ -168,16 +168,35 @@ def size_point(door: Door, size: int, p: dict, concurrency: int) -> dict:
         fleet = ["--nodes", size, "--clusters", 1, "--connections", p["connections"]]
         loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 1, "--body", "empty", *fleet)
         before, threads_before = trickle_cpu(running, p["idle"])
-        rss0 = rss_bytes(running)
+        rss0, heap0 = rss_bytes(running), envoy_heap(running)
         fill = loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 120, "--max-pushes", size, *fleet)
-        rss1 = rss_bytes(running)
+        rss1, heap1 = rss_bytes(running), envoy_heap(running)
+        tracked = metric(running, "ingero_fleet_tracked_nodes")
         after, threads_after = trickle_cpu(running, p["idle"])
         extra = {name: 1000 * (cpu - threads_before.get(name, 0.0)) for name, cpu in threads_after.items()}
-        return {"nodes": size, "rss_before": rss0, "rss_after": rss1, "bytes_per_node": (rss1 - rss0) / size,
+        return {"nodes": size, "tracked": tracked, "rss_before": rss0, "rss_after": rss1,
+                "bytes_per_node": (rss1 - rss0) / size,
+                "heap_bytes_per_node": (heap1 - heap0) / size if heap0 is not None and heap1 is not None else None,
                 "fill_errors": fill["pushes"]["error_count"],
                 # One recompute per second: the extra CPU per second is one recompute's cost.
                 "recompute_cpu_ms": max(0.0, (after - before) * 1000),
                 "recompute_threads_ms": {k: v for k, v in sorted(extra.items(), key=lambda kv: -kv[1]) if v >= 5}}
+
+
+def envoy_heap(running: Running) -> int | None:
+    """Bytes Envoy's allocator has handed out (admin /memory `allocated`): unlike RSS, not hidden by
+    memory the allocator had already taken from the system and freed."""
+    if running.admin is None:
+        return None
+    return int(json.loads(request(running.admin, "GET", "/memory").body)["allocated"])
+
+
+def metric(running: Running, name: str) -> float | None:
+    """One unlabelled sample of the front door's /metrics."""
+    for line in request(running.metrics, "GET", "/metrics").body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def trickle_cpu(running: Running, seconds: float) -> tuple[float, dict]:

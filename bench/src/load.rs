@@ -120,6 +120,7 @@ fn connection_loop(run: &Run, role: Role, index: usize, of: usize, mut tally: Ta
     let period = plan.rate.map(|rate| Duration::from_secs_f64(of as f64 / (rate * share).max(1e-9)));
     let mut scheduled = run.start + period.map(|p| p.mul_f64(index as f64 / of as f64)).unwrap_or_default();
     let mut connection = Connection::new(addr);
+    sleep_until(run.start);
     loop {
         let now = Instant::now();
         if period.is_none() {
