@@ -45,6 +45,8 @@ impl HttpError {
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    /// An OTLP JSON answer with `partialSuccess.rejectedDataPoints`: points were dropped.
+    pub rejected_points: bool,
 }
 
 /// A request, serialized once and sent as one write.
@@ -123,7 +125,8 @@ impl Connection {
         while self.buf.len() < head_end + length {
             read_more(stream, &mut self.buf)?;
         }
-        Ok((Response { status }, keep_alive))
+        let rejected_points = find(&self.buf[head_end..head_end + length], b"rejectedDataPoints").is_some();
+        Ok((Response { status, rejected_points }, keep_alive))
     }
 }
 

@@ -34,7 +34,12 @@ impl Tally {
         let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
         self.latency_us.saturating_record(us);
         match result {
-            Ok(response) => *self.statuses.entry(response.status).or_default() += 1,
+            Ok(response) => {
+                *self.statuses.entry(response.status).or_default() += 1;
+                if response.rejected_points {
+                    *self.errors.entry("rejected_points").or_default() += 1;
+                }
+            }
             Err(e) => *self.errors.entry(e.kind()).or_default() += 1,
         }
     }
@@ -53,15 +58,16 @@ impl Tally {
         self.connects += other.connects;
     }
 
-    /// Requests answered with a 2xx status.
+    /// Requests answered with a 2xx status and no rejected points.
     pub fn ok(&self) -> u64 {
-        self.statuses.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, n)| n).sum()
+        let answered: u64 = self.statuses.iter().filter(|(s, _)| (200..300).contains(*s)).map(|(_, n)| n).sum();
+        answered.saturating_sub(self.errors.get("rejected_points").copied().unwrap_or(0))
     }
 
     /// The JSON report over a measuring window.
     pub fn to_json(&self, window: Duration) -> Value {
         let done = self.latency_us.len();
-        let transport: u64 = self.errors.values().sum();
+        let transport: u64 = self.errors.iter().filter(|(k, _)| **k != "rejected_points").map(|(_, n)| n).sum();
         let mut errors: Map<String, Value> = self.errors.iter().map(|(k, n)| ((*k).to_owned(), json!(n))).collect();
         for (status, n) in self.statuses.iter().filter(|(s, _)| !(200..300).contains(*s)) {
             errors.insert(format!("status_{status}"), json!(n));
