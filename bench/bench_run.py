@@ -94,6 +94,9 @@ def perf_split(running: Running, after: float = 1.5, seconds: float = 2.5) -> di
     report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "-g", "none",
                              "--stdio"], capture_output=True, text=True).stdout
     data.unlink(missing_ok=True)
+    samples = next((line.split()[2] for line in report.splitlines() if line.startswith("# Samples:")), "0")
+    if not samples.endswith(("K", "M")) and int(samples) < 500:
+        return {}  # too few samples to split (the process was hardly running)
     split: dict = {}
     for line in report.splitlines():
         share, _, dso = line.strip().partition("%")
@@ -149,16 +152,29 @@ def load_runs(door: Door, p: dict, concurrency: int) -> dict:
     """Saturation (closed loop), then rising offered rates (open loop), then the threshold check."""
     interval = "1s" if p is SMOKE else "5s"
     out: dict = {"title": door.title}
+    if p["saturation"] and door.fleet:
+        # The anchor again, just before: other load on the machine drifts, so each ratio has its own anchor.
+        out["paired_anchor"] = saturation(DOORS[0], p, concurrency)
     with door.start(plugin_config(interval, max(p["nodes"], 1000)), concurrency) as running:
         out["idle_rss_bytes"] = rss_bytes(running)
         if p["saturation"]:
-            out["saturation"] = loadgen(running, "--rate", 0, "--warmup", p["saturation_warmup"],
-                                        "--duration", p["saturation"], *fleet_args(p))
+            out["saturation"] = saturation_run(running, p)
         out["rates"] = [loadgen(running, "--rate", rate, "--warmup", p["warmup"], "--duration", p["duration"],
                                 "--query-share", p["query_share"], *fleet_args(p)) for rate in p["rates"]]
         if door.fleet:
             out["verify"] = verify(running, p, 1.0 if p is SMOKE else 5.0)
     return out
+
+
+def saturation_run(running: Running, p: dict) -> dict:
+    return loadgen(running, "--rate", 0, "--warmup", p["saturation_warmup"], "--duration", p["saturation"],
+                   *fleet_args(p))
+
+
+def saturation(door: Door, p: dict, concurrency: int) -> dict:
+    """A closed-loop run on a fresh process of `door`."""
+    with door.start(plugin_config("5s", p["nodes"]), concurrency) as running:
+        return saturation_run(running, p)
 
 
 def size_point(door: Door, size: int, p: dict, concurrency: int) -> dict:
@@ -311,6 +327,7 @@ def main() -> int:
         results["native"] = native(p["sizes"])
         results["native"]["callgrind"] = callgrind(list(results["native"]["steps"]["us_per_call"]))
     results["meta"]["elapsed_s"] = time.monotonic() - started
+    results["meta"]["load_average_end"] = os.getloadavg()
     raw = json.dumps(results, indent=1)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / ("smoke.json" if args.smoke else "bench.json")).write_text(raw)
