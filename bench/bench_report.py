@@ -199,7 +199,8 @@ def markdown(results: dict) -> str:
         f"the load generator (`ingero-bench`, also on those cores); 1-minute load average {m['load_average'][0]:.2f} "
         f"at the start, {m.get('load_average_end', [float('nan')])[0]:.2f} at the end; Envoy {m['envoy_version']}, "
         f"`--concurrency {m['concurrency']}`; whole run {m['elapsed_s'] / 60:.1f} min. Absolute numbers drift "
-        f"between runs here (other work shares the machine): compare the ratios to the anchor, which is measured again right before each front door's saturation run.",
+        f"between runs here (other work shares the machine): compare the ratios to the anchor, which is measured "
+        f"again right before each front door's saturation run.",
         "",
         f"Load: {p['nodes']:,} agents in {p['clusters']} clusters, each push a {_body_bytes(results)} B agent OTLP "
         f"JSON body with every gauge the agent sends, a different node per request; {p['connections']} keep-alive "
