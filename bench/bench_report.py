@@ -181,7 +181,7 @@ def plot(results: dict, path) -> None:
     ax.set_ylabel("push latency, ms (log)")
     m = results["meta"]
     ax.set_title(f"Push latency against offered rate ({m['cores']} cores shared with the load generator)")
-    ax.axhline(5, color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(5, color="grey", linewidth=0.8, linestyle=":", label="p99 target, 5 ms")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
