@@ -1,7 +1,8 @@
 """A short soak (scripts/soak runs the long one): churn past every cap for
 half a minute against Envoy with the filter; the caps hold and are counted,
-the control cluster's threshold stays exact throughout, every churned node
-expires, and Envoy's RSS does not grow after warm-up beyond a generous margin
+the control cluster's threshold stays exact at every sample taken while its
+nodes really pushed (a sample right after the machine paused the client past
+half the TTL is not judged, and counted), every churned node expires, and Envoy's RSS does not grow after warm-up beyond a generous margin
 (a correctness bound, not a performance figure)."""
 
 import soak
