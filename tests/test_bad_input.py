@@ -16,9 +16,8 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from frontdoors import dynamic_door
 from fleet import agent_push, expected_threshold, push, request, scrape, threshold, wait_for
-from frontdoors import FRONT_DOORS as SHARED_FRONT_DOORS
+from frontdoors import FRONT_DOORS
 
 CONFIG = {
     "push_interval": "1s",
@@ -34,11 +33,6 @@ CONTROL = "control"
 CONTROL_SCORES = {f"n{i}": s for i, s in enumerate([0.9, 0.88, 0.93, 0.86, 0.91, 0.89])}
 JSON, PROTOBUF = "application/json", "application/x-protobuf"
 REASON = {400: "bad_request", 405: "method_not_allowed", 413: "body_too_large", 415: "unsupported_media_type"}
-
-
-# Every front door, by name: a factory taking the configuration and yielding
-# the door's ports (push, api, metrics).
-FRONT_DOORS = {**SHARED_FRONT_DOORS, "dynamic": dynamic_door}
 
 
 # === the bodies ===
