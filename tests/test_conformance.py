@@ -1,6 +1,6 @@
 """One conformance suite for every front door (tests/frontdoors.py): the same
 case, the same expected answer, each target. Pushes, thresholds against an
-independent computation, expiry, bad input, metrics, OTLP/HTTP JSON and
+independent computation, expiry, bad input, metrics, listings, OTLP/HTTP JSON and
 protobuf (plain and gzip), OTLP/gRPC and the OpenTelemetry SDK exporters."""
 
 from __future__ import annotations
@@ -163,6 +163,20 @@ def test_metrics_show_each_cohort(door):
     assert samples["ingero_fleet_threshold" + labels] == pytest.approx(body["threshold"])
     assert samples["ingero_fleet_straggler_count" + labels] == body["stragglers"] == 1
     assert samples['ingero_fleet_dropped_total{reason="bad_request"}'] >= 0
+
+
+def test_listings_and_dashboard_match_the_pushes(door):
+    scores = [0.9, 0.91, 0.92, 0.93, 0.35]
+    push_all(door.push, "listed", scores)
+    body = wait_threshold(door.api, "listed", expected_threshold(scores), 5)
+    clusters = request(door.api, "GET", "/api/v1/clusters").json()["clusters"]
+    listed = next(c for c in clusters if c["cluster_id"] == "listed")
+    assert (listed["active_nodes"], listed["quorum_met"], listed["stragglers"]) == (5, True, body["stragglers"])
+    nodes = request(door.api, "GET", "/api/v1/nodes?cluster_id=listed").json()
+    assert {n["node_id"]: n["score"] for n in nodes["nodes"]} == {f"n{i}": s for i, s in enumerate(scores)}
+    assert [n["node_id"] for n in nodes["nodes"] if n["straggler"]] == ["n4"]
+    page = request(door.api, "GET", "/")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
 
 
 def test_nodes_expire_after_the_ttl(door):
