@@ -149,6 +149,23 @@ def render_envoy(plugin_config: dict, ports: dict, admin_port: int,
     return config
 
 
+def start_serving(server, name: str, port: int, path: str, timeout: float) -> None:
+    """Waits until the just-started `server` (with .process, .log() and context
+    exit) answers 200 on `path`; stops it and fails with its log otherwise."""
+    def ready() -> bool:
+        if server.process.poll() is not None:
+            raise AssertionError(f"{name} exited with {server.process.returncode}")
+        try:
+            return request(port, "GET", path, timeout=1).status == 200
+        except OSError:
+            return False
+    try:
+        wait_for(ready, timeout=timeout, what=f"{name} to be ready")
+    except AssertionError as e:
+        server.__exit__(None, None, None)
+        raise AssertionError(f"{name} did not start ({e}):\n{server.log()}")
+
+
 @dataclass
 class Envoy:
     """A running Envoy; use as a context manager."""
@@ -172,20 +189,8 @@ class Envoy:
             [str(ENVOY), "-c", str(config_path), "--concurrency", str(self.concurrency),
              "--base-id", str(self.base_id), "-l", self.log_level, "--disable-hot-restart"],
             stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            wait_for(self._ready, timeout=30, what="Envoy to be ready")
-        except AssertionError:
-            self.__exit__(None, None, None)
-            raise AssertionError(f"Envoy did not start:\n{self.log()}")
+        start_serving(self, "Envoy", self.admin_port, "/ready", timeout=30)
         return self
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"Envoy exited with {self.process.returncode}:\n{self.log()}")
-        try:
-            return request(self.admin_port, "GET", "/ready", timeout=1).status == 200
-        except OSError:
-            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""

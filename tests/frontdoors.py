@@ -18,7 +18,7 @@ from typing import Callable, ContextManager, Iterator
 import yaml
 
 from dynamic import dynamic_envoy
-from fleet import ROOT, WASM, Envoy, fleet_envoy, free_port, request, wait_for
+from fleet import ROOT, WASM, Envoy, fleet_envoy, free_port, start_serving
 
 SERVER = ROOT / "target/debug/ingero-fleet"
 UPSTREAM_ENVOY = ROOT / "envoy/envoy-upstream.yaml"
@@ -66,20 +66,8 @@ class Standalone:
 
     def __enter__(self) -> "Standalone":
         self.start()
-        try:
-            wait_for(self._ready, timeout=20, what="the standalone server to be ready")
-        except AssertionError:
-            self.__exit__(None, None, None)
-            raise AssertionError(f"ingero-fleet did not start:\n{self.log()}")
+        start_serving(self, "ingero-fleet", self.ports["api"], "/readyz", timeout=20)
         return self
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"ingero-fleet exited with {self.process.returncode}:\n{self.log()}")
-        try:
-            return request(self.ports["api"], "GET", "/readyz", timeout=1).status == 200
-        except OSError:
-            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

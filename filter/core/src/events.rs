@@ -3,7 +3,7 @@
 
 use crate::error::FleetError;
 use crate::registry::KEY_PREFIX;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError, MAX_CAS_ATTEMPTS};
 use serde::{Deserialize, Serialize};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -13,7 +13,6 @@ const EVENT_SHARDS: u32 = 64;
 pub const EVENTS_PER_CLUSTER: usize = 16;
 /// Events kept per shard, whatever the clusters.
 const EVENTS_PER_SHARD: usize = 256;
-const MAX_CAS_ATTEMPTS: usize = 32;
 
 /// One straggler event as the agent reported it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,15 +12,13 @@ use crate::config::NodeCaps;
 use crate::error::FleetError;
 use crate::push::{NodeDetails, NodeScore, NodeState, DETAIL_GAUGES};
 use crate::service::DropReason;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError, MAX_CAS_ATTEMPTS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// Prefix of every shared-data key, so other plugins in one VM id never collide.
 pub const KEY_PREFIX: &str = "ingero_fleet/v1/";
-/// Attempts at one compare-and-swap before giving up with `Busy`.
-const MAX_CAS_ATTEMPTS: usize = 32;
 /// Target records per shard at `max_expected_nodes`.
 const NODES_PER_SHARD: u32 = 8;
 

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use thiserror::Error;
 
+/// Attempts at one compare-and-swap update before it gives up (answered 503):
+/// conflicts are normal under concurrency, but a writer must never spin.
+pub const MAX_CAS_ATTEMPTS: usize = 32;
+
 /// Why a shared-data operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StoreError {
