@@ -1,7 +1,7 @@
 # The standalone Fleet server (`ingero-fleet`, crate server/) in a small
 # non-root image. Build from the repository root:
 #   docker build -t ingero-fleet .
-# Run as in the deployment guide (README: Standalone server and upstream fallback):
+# Run as in the deployment guide (docs/deploying.md, "Standalone server"):
 #   docker run -d --name ingero-fleet -p 4317:4317 -p 4318:4318 -p 8080:8080 ingero-fleet
 # Without a file at /etc/ingero-fleet/config.yaml the embedded defaults apply;
 # mount one with -v $(pwd)/fleet-config.yaml:/etc/ingero-fleet/config.yaml.
