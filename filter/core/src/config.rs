@@ -52,8 +52,51 @@ pub struct Config {
     /// where the host cannot set it (Istio's WasmPlugin), set this false and let
     /// the headers go on to a next filter or upstream that waits for the body.
     pub pause_on_headers: bool,
+    /// What a filter in a proxy does with a push: answer it, or let it go on upstream and score it.
+    pub mode: Mode,
+    /// The routes this listener answers; the others go on to the next filter or the host's 404.
+    pub routes: RouteSet,
     /// Listen addresses (used by the standalone server only).
     pub listen: Listen,
+}
+
+/// What a proxy filter does with a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fleet is the push's destination: it stores the scores and answers.
+    Terminate,
+    /// Fleet sits in front of another OTLP receiver (a collector): the push goes
+    /// on unchanged, its scores count once the upstream accepted it (2xx), and the
+    /// upstream's response gains the threshold headers.
+    Observe,
+}
+
+impl Mode {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Terminate => "terminate",
+            Self::Observe => "observe",
+        }
+    }
+}
+
+/// Groups of Fleet routes one listener serves, so each port serves only its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSet {
+    /// `POST /v1/metrics`.
+    pub push: bool,
+    /// The threshold API, the listings and the dashboard.
+    pub api: bool,
+    /// The Prometheus scrape.
+    pub metrics: bool,
+}
+
+impl RouteSet {
+    /// Every route: one listener serving everything.
+    pub const ALL: Self = Self { push: true, api: true, metrics: true };
+    /// The spellings of the `routes` list.
+    pub const NAMES: [&'static str; 3] = ["push", "api", "metrics"];
 }
 
 /// Where the standalone server listens.
@@ -92,6 +135,8 @@ impl Default for Config {
             max_id_bytes: DEFAULT_MAX_ID_BYTES,
             max_points_per_push: DEFAULT_MAX_POINTS_PER_PUSH,
             pause_on_headers: true,
+            mode: Mode::Terminate,
+            routes: RouteSet::ALL,
             listen: Listen::default(),
         }
     }
@@ -111,6 +156,12 @@ impl Config {
             clusters: self.max_clusters,
             retry_after_s: u32::try_from(self.push_interval.as_secs()).unwrap_or(u32::MAX).max(1),
         }
+    }
+
+    /// How often a front door ticks: a quarter of the push interval, between 50 ms
+    /// and 1 s, so a published threshold is at most one interval plus one tick old.
+    pub fn tick_period(&self) -> Duration {
+        (self.push_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
     /// The push interval in milliseconds (never zero).
@@ -154,6 +205,8 @@ impl Config {
                 "max_id_bytes",
                 "max_points_per_push",
                 "pause_on_headers",
+                "mode",
+                "routes",
             ],
         );
         let max_expected_nodes = check.int(root, "max_expected_nodes", d.max_expected_nodes, 1, 1_000_000);
@@ -171,6 +224,8 @@ impl Config {
             max_id_bytes: check.int(root, "max_id_bytes", d.max_id_bytes, 8, 4096),
             max_points_per_push: check.int(root, "max_points_per_push", d.max_points_per_push, 1, 1_000_000),
             pause_on_headers: check.boolean(root, "pause_on_headers", d.pause_on_headers),
+            mode: check.mode(root, "mode", d.mode),
+            routes: check.routes(root, "routes", d.routes),
             listen: Listen {
                 otlp_http: check.string(listen, "listen.otlp_http", d.listen.otlp_http),
                 otlp_grpc: check.string(listen, "listen.otlp_grpc", d.listen.otlp_grpc),
@@ -344,6 +399,37 @@ impl Checker {
             Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
             Some(value) => {
                 self.problems.push(format!("{path} = {value} must be true or false"));
+                default
+            }
+        }
+    }
+
+    fn mode(&mut self, map: &Map<String, Value>, path: &str, default: Mode) -> Mode {
+        match Self::leaf(map, path).map(|v| (v, v.as_str())) {
+            None => default,
+            Some((_, Some("terminate"))) => Mode::Terminate,
+            Some((_, Some("observe"))) => Mode::Observe,
+            Some((value, _)) => {
+                self.problems.push(format!("{path} = {value} must be \"terminate\" or \"observe\""));
+                default
+            }
+        }
+    }
+
+    fn routes(&mut self, map: &Map<String, Value>, path: &str, default: RouteSet) -> RouteSet {
+        let Some(value) = Self::leaf(map, path) else { return default };
+        let names: Option<Vec<&str>> = value.as_array().and_then(|a| a.iter().map(Value::as_str).collect());
+        match names.filter(|n| !n.is_empty() && n.iter().all(|n| RouteSet::NAMES.contains(n))) {
+            Some(names) => RouteSet {
+                push: names.contains(&"push"),
+                api: names.contains(&"api"),
+                metrics: names.contains(&"metrics"),
+            },
+            None => {
+                self.problems.push(format!(
+                    "{path} = {value} must be a non-empty list of {}",
+                    RouteSet::NAMES.map(|n| format!("\"{n}\"")).join(", ")
+                ));
                 default
             }
         }

@@ -19,6 +19,12 @@ pub enum FleetError {
     BadJson(String),
     #[error("invalid OTLP protobuf: {0}")]
     BadProtobuf(String),
+    #[error("invalid gRPC message: {0}")]
+    BadGrpcFrame(String),
+    #[error(
+        "OTLP/gRPC is not answered here: push OTLP/HTTP (/v1/metrics) to this port, or gRPC to the standalone server"
+    )]
+    GrpcNotServed,
     #[error("invalid gzip body: {0}")]
     BadGzip(String),
     #[error("request body exceeds max_body_bytes ({limit} bytes)")]
@@ -37,6 +43,8 @@ pub enum FleetError {
     Busy,
     #[error("shared data unavailable: {0}")]
     SharedData(String),
+    #[error("the proxy could not hand over the request body: {0}")]
+    Host(String),
 }
 
 impl FleetError {
@@ -50,12 +58,13 @@ impl FleetError {
             | Self::EmptyBody
             | Self::BadJson(_)
             | Self::BadProtobuf(_)
-            | Self::BadGzip(_) => 400,
+            | Self::BadGzip(_)
+            | Self::BadGrpcFrame(_) => 400,
             Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } => 413,
-            Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) => 415,
+            Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) | Self::GrpcNotServed => 415,
             Self::MethodNotAllowed { .. } => 405,
             Self::TooManyClusters { .. } => 429,
-            Self::Busy | Self::SharedData(_) => 503,
+            Self::Busy | Self::SharedData(_) | Self::Host(_) => 503,
         }
     }
 

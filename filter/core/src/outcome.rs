@@ -1,5 +1,6 @@
 //! What a request did: its answer and the counts it adds to Fleet's metrics.
 
+use crate::error::FleetError;
 use crate::reply::Reply;
 
 /// Why something sent to Fleet was not stored, as counted in `ingero_fleet_dropped_total{reason}`.
@@ -13,11 +14,49 @@ pub enum DropReason {
     MaxNodesPerCluster,
     /// A push for a new cluster arrived past `max_clusters` (answered 429).
     MaxClusters,
-    /// A whole request was refused with this status.
-    Refused(u16),
+    /// A malformed request (answered 400).
+    BadRequest,
+    /// A wrong method (answered 405).
+    MethodNotAllowed,
+    /// A body or a point count past its limit (answered 413).
+    BodyTooLarge,
+    /// A content type or encoding Fleet does not read (answered 415).
+    UnsupportedMediaType,
+    /// Shared state or the host was unavailable (answered 503).
+    Busy,
+    /// Observe mode: the upstream did not accept the push, so its scores were not stored.
+    UpstreamRefused,
 }
 
 impl DropReason {
+    /// Every reason, in exposition order.
+    pub const ALL: [Self; 10] = [
+        Self::InvalidPoint,
+        Self::MaxExpectedNodes,
+        Self::MaxNodesPerCluster,
+        Self::MaxClusters,
+        Self::BadRequest,
+        Self::MethodNotAllowed,
+        Self::BodyTooLarge,
+        Self::UnsupportedMediaType,
+        Self::Busy,
+        Self::UpstreamRefused,
+    ];
+
+    /// The reason a whole request refused with `error` is counted under.
+    pub fn of(error: &FleetError) -> Self {
+        match error {
+            FleetError::TooManyClusters { .. } => Self::MaxClusters,
+            _ => match error.status() {
+                405 => Self::MethodNotAllowed,
+                413 => Self::BodyTooLarge,
+                415 => Self::UnsupportedMediaType,
+                503 => Self::Busy,
+                _ => Self::BadRequest,
+            },
+        }
+    }
+
     /// The `reason` label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -25,12 +64,12 @@ impl DropReason {
             Self::MaxExpectedNodes => "max_expected_nodes",
             Self::MaxNodesPerCluster => "max_nodes_per_cluster",
             Self::MaxClusters => "max_clusters",
-            Self::Refused(400) => "bad_request",
-            Self::Refused(405) => "method_not_allowed",
-            Self::Refused(413) => "body_too_large",
-            Self::Refused(415) => "unsupported_media_type",
-            Self::Refused(503) => "busy",
-            Self::Refused(_) => "refused",
+            Self::BadRequest => "bad_request",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Busy => "busy",
+            Self::UpstreamRefused => "upstream_refused",
         }
     }
 }
@@ -40,13 +79,29 @@ impl DropReason {
 pub struct Outcome {
     /// An accepted push (counted in `ingero_fleet_total_pushes`).
     pub accepted_push: bool,
+    /// Straggler events stored.
     pub straggler_events: u64,
+    /// What was not stored, and why.
     pub drops: Vec<(DropReason, u64)>,
+}
+
+impl Outcome {
+    /// `count` things dropped for `reason`.
+    pub fn dropped(reason: DropReason, count: u64) -> Self {
+        Self { drops: vec![(reason, count)], ..Self::default() }
+    }
+
+    /// A whole request refused with `error`.
+    pub fn refused(error: &FleetError) -> Self {
+        Self::dropped(DropReason::of(error), 1)
+    }
 }
 
 /// An answer and what it did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
+    /// What the client is sent.
     pub reply: Reply,
+    /// What the counters record.
     pub outcome: Outcome,
 }

@@ -17,16 +17,12 @@ fn fleet() -> TestFleet {
 }
 
 fn head<'a>(method: &'a str, path: &'a str, content_type: Option<&'a str>) -> RequestHead<'a> {
-    RequestHead { method, path, content_type, content_encoding: None, content_length: None }
+    RequestHead { method, path, content_type, ..RequestHead::default() }
 }
 
-/// Sends a request through both stages, as a front door would.
-fn send(fleet: &TestFleet, head: RequestHead, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
-    match fleet.on_head(&head, book) {
-        HeadStep::Pass => Answer { reply: Reply::threshold(None), outcome: Outcome::default() },
-        HeadStep::Answer(answer) => answer,
-        HeadStep::ReadBody(push) => fleet.on_body(&push, body, now_ms, book),
-    }
+/// Sends a whole request, as a front door holding the body would.
+fn send(fleet: &TestFleet, head: RequestHead, body: &[u8], now_ms: u64, _book: &ThresholdBook) -> Answer {
+    fleet.handle(&head, body, now_ms).unwrap_or_else(|| unreachable!("not a Fleet route: {}", head.path))
 }
 
 fn push(fleet: &TestFleet, cluster: &str, node: &str, score: f64, now_ms: u64) -> Answer {
@@ -36,6 +32,7 @@ fn push(fleet: &TestFleet, cluster: &str, node: &str, score: f64, now_ms: u64) -
 }
 
 fn query(fleet: &TestFleet, cluster: &str, book: &ThresholdBook) -> String {
+    assert_eq!(*fleet.book(), *book, "the service answers from the newest book");
     let path = format!("/api/v1/threshold?cluster_id={cluster}");
     let answer = send(fleet, head("GET", &path, None), &[], 0, book);
     String::from_utf8_lossy(&answer.reply.body).into_owned()
@@ -60,7 +57,7 @@ fn cold_start_then_quorum() {
     assert!(answer["threshold"].as_f64().is_some_and(|t| (t - expected).abs() < 1e-12), "{answer}");
     assert_eq!(answer["quorum_met"], true);
     assert_eq!(query(&fleet, "other", &book), COLD_START_BODY);
-    assert_eq!(fleet.published_book(None).ok().flatten().map(|(b, _)| b), Some(book));
+    assert_eq!(fleet.published_book(None).ok().flatten().map(|(b, _)| b), Some((*book).clone()));
 }
 
 #[test]
@@ -148,7 +145,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 #[test]
 fn other_paths_pass_through() {
     let fleet = fleet();
-    assert_eq!(fleet.on_head(&head("GET", "/healthz", None), &ThresholdBook::default()), HeadStep::Pass);
+    assert_eq!(fleet.decide(&head("GET", "/healthz", None), 0), HeadStep::Pass);
 }
 
 #[test]
