@@ -189,7 +189,9 @@ def output(collector: Collector) -> list[dict]:
     path = collector.tmp / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Only whole lines: the exporter may be half-way through writing the last one.
+    complete, _, _ = path.read_text().rpartition("\n")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def refusing_collector(port: int | None = None) -> Collector:
