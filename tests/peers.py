@@ -11,8 +11,10 @@ import json
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -204,3 +206,15 @@ def refusing_collector(port: int | None = None) -> Collector:
     if port is not None:
         collector.otlp_port = port
     return collector
+
+
+@contextmanager
+def observe_door(config: dict) -> Iterator:
+    """A front door for tests/frontdoors.py's suites: the filter in observe mode
+    (Envoy --concurrency 4) in front of a real collector that accepts every push."""
+    from frontdoors import Door
+
+    with file_collector() as collector:
+        envoy, ports = observe_envoy(config, collector.otlp_port, concurrency=4)
+        with envoy:
+            yield Door("observe", ports.push, ports.api, ports.metrics)

@@ -157,3 +157,34 @@ def test_a_body_past_the_limit_is_forwarded_and_counted_unscored():
             grew = {k: after[k] - before.get(k, 0) for k in after
                     if k.startswith("ingero_fleet_dropped_total") and after[k] != before.get(k, 0)}
             assert list(grew.values()) == [1], grew
+
+
+def test_go_sdk_agents_through_observe_mode_read_the_threshold():
+    """Seven Go SDK clients push through observe mode: the collector gets every
+    node, Fleet reaches quorum, and every client reads the served threshold in
+    the collector's answers."""
+    from peers import GoPush
+    scores = SCORES[:-1] + [0.94, SCORES[-1]]
+    with file_collector() as collector:
+        envoy, ports = observe_envoy(CONFIG, collector.otlp_port, concurrency=4)
+        with envoy:
+            agents = [GoPush(f"http://127.0.0.1:{ports.push}", "go-observe", f"node-{i}", s, gzip=i % 2 == 1).start()
+                      for i, s in enumerate(scores)]
+            try:
+                want = expected_threshold(scores)
+                api = wait_for(lambda: (t := threshold(ports.api, "go-observe").json())["quorum_met"] and t,
+                               timeout=30, what="quorum")
+                assert abs(api["threshold"] - want) < 1e-9
+
+                def all_read_it():
+                    return all((seen := [p for p in a.pushes() if p.get("quorum_met") == "true"])
+                               and abs(float(seen[-1]["threshold"]) - want) < 1e-9 for a in agents)
+                wait_for(all_read_it, timeout=20, what="every client to read the threshold")
+                assert all(p.get("status") == 200 for a in agents for p in a.pushes())
+            finally:
+                for a in agents:
+                    a.stop()
+            at_collector = {dict(p[0]).get("ingero.node.id") for x in output(collector) for p in points(x)}
+            assert at_collector >= {f"node-{i}" for i in range(len(scores))}
+            flagged = {n["node_id"]: n["straggler"] for n in nodes(ports.api, "go-observe")["nodes"]}
+            assert flagged == {f"node-{i}": i == len(scores) - 1 for i in range(len(scores))}
