@@ -132,10 +132,14 @@ def test_a_push_the_collector_refuses_leaves_scores_unchanged():
             assert len(before) == len(SCORES)
             good.stop()
             with refusing_collector(port):
-                r = push(ports.push, "refused", agent_push("node-0", 0.11))
-                assert r.status == 503, (r.status, r.body)
-                r = push(ports.push, "refused", agent_push("newcomer", 0.5))
-                assert r.status == 503
+                # The first push may meet Envoy's pooled connection to the stopped
+                # collector (Envoy's own 503); wait for the new collector's answer.
+                def refused_by_collector(node, score):
+                    r = push(ports.push, "refused", agent_push(node, score))
+                    assert r.status == 503, (r.status, r.body)
+                    return b'"code":14' in r.body  # the collector's Unavailable status
+                wait_for(lambda: refused_by_collector("node-0", 0.11), timeout=10, what="the collector's 503")
+                assert refused_by_collector("newcomer", 0.5)
             r = push(ports.push, "refused", agent_push("node-1", 0.12))
             assert r.status == 503  # no collector at all: Envoy's own answer
             after = {n["node_id"]: n["score"] for n in nodes(ports.api, "refused")["nodes"]}
