@@ -497,6 +497,9 @@ def test_chart_envoy_settings_bound_memory_and_time():
             assert hcm["request_timeout"] == "10s"
             assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 16
             assert hcm["access_log"][0]["name"] == "envoy.access_loggers.stdout"
+    quiet = envoy_config(render("--set", "envoy.accessLog=false"))
+    assert not [x for x in quiet["static_resources"]["listeners"]
+                if "access_log" in x["filter_chains"][0]["filters"][0]["typed_config"]]
     tmp = Path(tempfile.mkdtemp(prefix="chart-validate-"))
     try:
         config = envoy_config(manifests)
