@@ -857,18 +857,13 @@ def test_tls_entry_serves_agents_with_certificates_in_real_envoy(tmp_path):
     openssl: an agent certificate from the CA is served, no certificate or another CA's is refused."""
     manifests = render(*TLS_VALUES)
     data = find(manifests, "ConfigMap", "ingero-fleet-envoy")["data"]
-    make_ca(tmp_path, "ca")
-    make_ca(tmp_path, "other-ca")
-    make_cert(tmp_path, "ca", "server", "DNS:localhost")
-    make_cert(tmp_path, "ca", "agent", "DNS:agent-1")
-    make_cert(tmp_path, "other-ca", "stranger", "DNS:agent-2")
+    tls_files(tmp_path)
     mounts = {"/etc/ingero-fleet/tls": tmp_path / "tls", "/etc/ingero-fleet/client-ca": tmp_path / "client-ca",
               "/etc/ingero-fleet/config": tmp_path / "config"}
     for directory in mounts.values():
         directory.mkdir()
-    shutil.copy(tmp_path / "server.crt", tmp_path / "tls/tls.crt")
-    shutil.copy(tmp_path / "server.key", tmp_path / "tls/tls.key")
-    shutil.copy(tmp_path / "ca.crt", tmp_path / "client-ca/ca.crt")
+    kubelet_secret(tmp_path / "tls", {"tls.crt": tmp_path / "server.crt", "tls.key": tmp_path / "server.key"})
+    kubelet_secret(tmp_path / "client-ca", {"ca.crt": tmp_path / "ca.crt"})
 
     def mounted(text: str) -> str:
         for path, local in mounts.items():
@@ -888,6 +883,68 @@ def test_tls_entry_serves_agents_with_certificates_in_real_envoy(tmp_path):
             request(ports.push, "POST", "/v1/metrics?cluster_id=c", agent_push("n1", 0.9, cluster="c"), timeout=5)
         # The API port stays plain, for operators and probes.
         assert threshold(ports.api, "c").status == 200
+        # Rotation as the kubelet does it (a new ..data directory swapped in): served without a restart.
+        before = served_certificate(ports.push, tmp_path)
+        make_cert(tmp_path, "ca", "server-rotated", "DNS:localhost")
+        kubelet_secret(tmp_path / "tls", {"tls.crt": tmp_path / "server-rotated.crt",
+                                          "tls.key": tmp_path / "server-rotated.key"})
+        wait_for(lambda: served_certificate(ports.push, tmp_path) != before, what="the rotated certificate")
+        assert served_certificate(ports.push, tmp_path) == (tmp_path / "server-rotated.crt").read_text().strip()
+        assert tls_push(ports.push, tmp_path, "agent") == 200
+        assert envoy.process.poll() is None
+
+
+def kubelet_secret(directory: Path, files: dict[str, Path]) -> None:
+    """A Secret volume as the kubelet writes it: files in a timestamped directory, `..data` pointing at it
+    (replaced by an atomic rename on update), and each key a link through `..data`."""
+    stamp = directory / f"..{time.time_ns()}"
+    stamp.mkdir()
+    for name, source in files.items():
+        shutil.copy(source, stamp / name)
+    (directory / "..data_tmp").symlink_to(stamp.name)
+    (directory / "..data_tmp").rename(directory / "..data")
+    for name in files:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+
+
+def served_certificate(port: int, tmp: Path) -> str:
+    """The PEM certificate the TLS listener presents (with the agent's client certificate)."""
+    context = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
+    context.load_cert_chain(str(tmp / "agent.crt"), str(tmp / "agent.key"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return ssl.DER_cert_to_PEM_cert(tls.getpeercert(binary_form=True)).strip()
+
+
+SERVER_TLS = any("client_ca_file" in f.read_text() for f in (ROOT / "server/src").rglob("*.rs"))
+
+
+def tls_files(tmp: Path) -> None:
+    """A CA, a server certificate for localhost, an agent certificate from the CA and one from another CA."""
+    make_ca(tmp, "ca")
+    make_ca(tmp, "other-ca")
+    make_cert(tmp, "ca", "server", "DNS:localhost")
+    make_cert(tmp, "ca", "agent", "DNS:agent-1")
+    make_cert(tmp, "other-ca", "stranger", "DNS:agent-2")
+
+
+@pytest.mark.skipif(not SERVER_TLS, reason="the standalone server has no tls keys (cert_file, key_file, "
+                    "client_ca_file) yet")
+def test_standalone_tls_config_serves_agents_with_certificates(tmp_path):
+    """The chart's one-replica standalone config.yaml with tls + clientCA, run by the real server with the
+    Secret files made by openssl: an agent certificate is served, none or another CA's is refused."""
+    config = yaml.safe_load(find(render("--set", "standalone.enabled=true", *TLS_VALUES), "ConfigMap",
+                                 "ingero-fleet-config")["data"]["config.yaml"])
+    tls_files(tmp_path)
+    config["tls"] = {"cert_file": str(tmp_path / "server.crt"), "key_file": str(tmp_path / "server.key"),
+                     "client_ca_file": str(tmp_path / "ca.crt")}
+    del config["listen"]
+    with Standalone(config) as server:
+        assert tls_push(server.door.push, tmp_path, "agent") == 200
+        for client in (None, "stranger"):
+            with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+                tls_push(server.door.push, tmp_path, client)
 
 
 # === drain on termination ===
