@@ -387,6 +387,36 @@ def test_invalid_values_are_rejected(values, complaint):
         result.stderr
 
 
+def core_ranges() -> dict[str, tuple]:
+    """The ranges filter/core/src/config.rs checks: {"quorum.statistical_min": ("int", 1, 1000000), ...}."""
+    source = (ROOT / "filter/core/src/config.rs").read_text()
+    consts = {name: eval(value.replace("_", "")) for name, value in  # noqa: S307 (integer literals)
+              re.findall(r"const ([A-Z_]+): \w+ = ([0-9_ <]+);", source)}
+
+    def number(text: str):
+        text = text.strip()
+        return consts[text] if text in consts else eval(text.replace("_", ""))  # noqa: S307
+    ranges = {}
+    for kind, path, low, high in re.findall(r'check\.(int|float)\(\w+, "([a-z_.]+)", [^,]+, ([^,]+), ([^,)]+)', source):
+        ranges[path] = (kind, number(low), number(high))
+    return ranges
+
+
+def test_schema_ranges_are_the_core_ranges():
+    """Every range values.schema.json gives a `config` key is the one the core enforces (config.rs)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]["properties"]
+    ranges = core_ranges()
+    assert len(ranges) >= 11, ranges
+    for path, (kind, low, high) in ranges.items():
+        node = schema
+        for part in path.split("."):
+            node = node[part] if part in node else node["properties"][part]
+        numeric = next(option for option in node.get("oneOf", [node]) if option.get("type") in ("integer", "number"))
+        assert numeric["type"] == ("integer" if kind == "int" else "number"), path
+        assert numeric.get("minimum", numeric.get("exclusiveMinimum")) == low, path
+        assert numeric["maximum"] == high, path
+
+
 def readme_config_keys() -> set[str]:
     """The dotted keys of README's Configuration table (the contract's §6 keys as the filter takes them)."""
     section = (ROOT / "README.md").read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
