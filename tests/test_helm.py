@@ -701,6 +701,18 @@ def test_ingress_and_httproute_reach_the_hash_front(mode):
     assert find(manifests, "Service", "ingero-fleet-lb")["spec"]["selector"]["app.kubernetes.io/component"] == "lb"
 
 
+def test_every_option_at_once_lints_and_validates():
+    everything = ["--set", "replicaCount=3", *EXPOSED, *TLS_VALUES, "--set", "lb.service.type=LoadBalancer",
+                  "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true",
+                  "--set", "metrics.podAnnotations=true", "--set", "networkPolicy.enabled=true",
+                  "--set", "observe.upstream=otel-collector.observability:4318"]
+    result = helm("lint", "--strict", *everything)
+    assert result.returncode == 0, result.stdout + result.stderr
+    kinds = validate(render(*everything))
+    assert {k.split("/")[0] for k in kinds} >= {"Ingress", "HTTPRoute", "ServiceMonitor", "PodMonitor",
+                                                 "NetworkPolicy", "ServiceAccount", "Deployment", "StatefulSet"}
+
+
 def test_no_route_around_the_front():
     for route in (EXPOSED[:6], EXPOSED[10:]):
         result = helm("template", "--set", "replicaCount=3", "--set", "lb.enabled=false", *route)
