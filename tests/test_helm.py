@@ -881,13 +881,13 @@ def make_cert(tmp: Path, ca: str, name: str, san: str) -> None:
             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=tmp)
 
 
-def tls_push(port: int, tmp: Path, client: str | None) -> int:
+def tls_push(port: int, tmp: Path, client: str | None, cluster: str = "c", node: str = "n0") -> int:
     context = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
     if client:
         context.load_cert_chain(str(tmp / f"{client}.crt"), str(tmp / f"{client}.key"))
     conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
     try:
-        conn.request("POST", "/v1/metrics?cluster_id=c", body=agent_push("n0", 0.9, cluster="c"),
+        conn.request("POST", f"/v1/metrics?cluster_id={cluster}", body=agent_push(node, 0.9, cluster=cluster),
                      headers={"Content-Type": "application/json"})
         return conn.getresponse().status
     finally:
@@ -934,6 +934,51 @@ def test_tls_entry_serves_agents_with_certificates_in_real_envoy(tmp_path):
         assert served_certificate(ports.push, tmp_path) == (tmp_path / "server-rotated.crt").read_text().strip()
         assert tls_push(ports.push, tmp_path, "agent") == 200
         assert envoy.process.poll() is None
+
+
+def test_tls_hash_front_pins_and_serves_through_tls_in_real_envoy(tmp_path):
+    """The chart's front with tls + clientCA, in real Envoy: its replica endpoints moved to two real filter
+    Envoys on loopback (keeping their hash keys), its Secrets played by openssl files. Pushes over mTLS reach
+    one replica per cluster and the threshold API answers through the front."""
+    manifests = render("--set", "replicaCount=2", *TLS_VALUES)
+    data = find(manifests, "ConfigMap", "ingero-fleet-lb")["data"]
+    tls_files(tmp_path)
+    mounts = {"/etc/ingero-fleet/tls": tmp_path / "tls", "/etc/ingero-fleet/client-ca": tmp_path / "client-ca",
+              "/etc/ingero-fleet/envoy": tmp_path / "config"}
+    for directory in mounts.values():
+        directory.mkdir()
+    kubelet_secret(tmp_path / "tls", {"tls.crt": tmp_path / "server.crt", "tls.key": tmp_path / "server.key"})
+    kubelet_secret(tmp_path / "client-ca", {"ca.crt": tmp_path / "ca.crt"})
+
+    def mounted(text: str) -> str:
+        for path, local in mounts.items():
+            text = text.replace(path, str(local))
+        return text
+    for name in ("tls-certificate.yaml", "client-ca.yaml"):
+        (tmp_path / "config" / name).write_text(mounted(data[name]))
+    front = yaml.safe_load(mounted(data["envoy.yaml"]))
+    replicas = [loopback(envoy_config(manifests), concurrency=1) for _ in range(2)]
+    by_port = {4318: [p.push for _, p in replicas], 8080: [p.api for _, p in replicas]}
+    for cluster in front["static_resources"]["clusters"]:
+        for i, endpoint in enumerate(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]):
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            address.update(address="127.0.0.1", port_value=by_port[address["port_value"]][i])
+        cluster["type"] = "STATIC"
+    front_push, front_api = free_port(), free_port()
+    front["admin"]["address"]["socket_address"]["port_value"] = free_port()
+    for listener in front["static_resources"]["listeners"]:
+        port = front_push if listener["name"] == "ingero_fleet_listener" else front_api
+        listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+    (first, _), (second, _) = replicas
+    with first, second, Envoy(front, concurrency=1):
+        for i in range(7):
+            assert tls_push(front_push, tmp_path, "agent", cluster="pinned", node=f"n{i}") == 200
+        pushes = [scrape(p.metrics).get("ingero_fleet_total_pushes", 0) for _, p in replicas]
+        assert sorted(pushes) == [0, 7], pushes
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            tls_push(front_push, tmp_path, None)
+        # The threshold read through the front comes from the replica holding the cluster's seven nodes.
+        wait_for(lambda: threshold(front_api, "pinned").json()["quorum_met"], what="quorum through the front")
 
 
 def kubelet_secret(directory: Path, files: dict[str, Path]) -> None:
