@@ -1130,17 +1130,27 @@ OBSERVE_KEY = '"observe"' in (ROOT / "filter/core/src/config.rs").read_text() an
     "observe" in f.read_text().lower() for f in (ROOT / "filter/wasm/src").rglob("*.rs"))
 
 
-def test_observe_mode_renders_the_collector_route():
+def test_observe_mode_renders_envoy_observe_yaml():
+    """observe.upstream: the chart runs envoy/envoy-observe.yaml (pushes routed to the collector, FAIL_OPEN),
+    apart from ports, paths, the plugin configuration (with "mode": "observe") and the collector's address."""
     manifests = render("--set", "observe.upstream=otel-collector.observability:4318")
     validate(manifests)
-    config = envoy_config(manifests)
-    assert plugin_config(config)["mode"] == "observe"
-    (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "otlp_http"]
-    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    assert routes == [{"match": {"prefix": "/"}, "route": {"cluster": "otel_collector", "timeout": "10s"}}]
-    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "otel_collector"]
-    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] \
-        == {"address": "otel-collector.observability", "port_value": 4318}
+    rendered = envoy_config(manifests)
+    assert plugin_config(rendered)["mode"] == "observe"
+    (cluster,) = [c for c in rendered["static_resources"]["clusters"] if c["name"] == "otel_collector"]
+    assert cluster["type"] == "STRICT_DNS"
+    assert cluster["load_assignment"]["endpoints"] == [{"lb_endpoints": [{"endpoint": {"address": {
+        "socket_address": {"address": "otel-collector.observability", "port_value": 4318}}}}]}]
+    chart, ports = loopback(rendered)
+    by_listener = {"otlp_http": ports.push, "api": ports.api, "metrics": ports.metrics}
+    reference = render_envoy(plugin_config(rendered), by_listener, chart.admin_port,
+                             ROOT / "envoy/envoy-observe.yaml")
+    for config in (chart.config, reference):
+        for c in config["static_resources"]["clusters"]:
+            if c["name"] == "otel_collector":
+                c.pop("type", None)
+                c["load_assignment"].pop("endpoints")
+    assert without_chart_settings(chart.config) == without_chart_settings(reference)
     assert "mode" not in plugin_config(envoy_config(render()))
     result = helm("template", "--set", "observe.upstream=otel:4318", "--set", "standalone.enabled=true")
     assert result.returncode != 0 and "observe.upstream needs the filter" in result.stderr
