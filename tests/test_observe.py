@@ -166,7 +166,7 @@ def test_a_body_past_the_limit_is_forwarded_and_counted_unscored():
             after = scrape(ports.metrics)
             grew = {k: after[k] - before.get(k, 0) for k in after
                     if k.startswith("ingero_fleet_dropped_total") and after[k] != before.get(k, 0)}
-            assert list(grew.values()) == [1], grew
+            assert grew == {'ingero_fleet_dropped_total{reason="body_too_large"}': 1}, grew
 
 
 def test_go_sdk_agents_through_observe_mode_read_the_threshold():
