@@ -192,8 +192,15 @@ impl Exchange {
                 }
             },
             State::Scored(scored) => {
-                fleet.count(&Outcome::dropped(DropReason::UpstreamRefused, scored.point_count()));
+                fleet.count(&Outcome::dropped(DropReason::UpstreamRefused, 1));
                 fleet.piggyback(scored.cluster()).map(|t| t.to_string())
+            }
+            // Answered before its body ended (Envoy's own 503 when the upstream is gone).
+            State::Copying(push, _) => {
+                if !(200..300).contains(&status) {
+                    fleet.count(&Outcome::dropped(DropReason::UpstreamRefused, 1));
+                }
+                fleet.piggyback(push.cluster()).map(|t| t.to_string())
             }
             State::Unscored(cluster) => fleet.piggyback(cluster.as_deref()).map(|t| t.to_string()),
             _ => return Flow::Continue,

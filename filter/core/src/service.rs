@@ -106,11 +106,6 @@ impl ScoredPush {
     pub fn cluster(&self) -> Option<&str> {
         self.push.cluster()
     }
-
-    /// Scores and events this push carries.
-    pub fn point_count(&self) -> u64 {
-        (self.batch.scores.len() + self.batch.straggler_events.len()) as u64
-    }
 }
 
 /// The Fleet service over a shared store, counting into a counter sink.

@@ -87,6 +87,7 @@ impl HttpContext for FleetHttp {
         action(self.exchange.on_request_trailers(&self.worker.fleet, &mut Envoy { body_len: self.body_len }))
     }
 
+    /// Observe mode: the upstream answered; the exchange stores the push on a 2xx.
     fn on_http_response_headers(&mut self, _count: usize, _end_of_stream: bool) -> Action {
         let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten();
         let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
