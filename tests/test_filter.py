@@ -4,11 +4,13 @@ Every front-door-independent case lives in tests/test_conformance.py."""
 
 import random
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import yaml
 
-from fleet import agent_push, expected_threshold, fleet_envoy, push, request, scrape, threshold, wait_for
+from fleet import ROOT, agent_push, expected_threshold, fleet_envoy, push, request, scrape, threshold, wait_for
 
 CONFIG = {"push_interval": "1s", "threshold": {"k": 2.0, "ema_alpha": 1.0}, "quorum": {"statistical_min": 5}}
 
@@ -49,3 +51,26 @@ def test_envoy_stats_mirror_the_scrape(fleet):
     for _ in range(3):
         assert push(ports.push, "stats", b'{"resourceMetrics":[]}').status == 200
     assert envoy.stat("wasmcustom.ingero_fleet_total_pushes") == scrape(ports.metrics)["ingero_fleet_total_pushes"]
+
+
+def test_an_envoy_that_ignores_the_header_pause_gets_an_answer_naming_the_setting():
+    """Without allow_on_headers_stop_iteration Envoy never passes a held push's body
+    on: the filter answers it (500) within seconds instead of letting it hang until
+    Envoy's stream timeout, and logs the setting to fix."""
+    config = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
+    removed = 0
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                for hf in f["typed_config"].get("http_filters", []):
+                    removed += hf.get("typed_config", {}).get("config", {}).pop("allow_on_headers_stop_iteration", 0)
+    assert removed, "envoy/envoy.yaml sets allow_on_headers_stop_iteration"
+    envoy, ports = fleet_envoy(CONFIG, template=config)
+    with envoy:
+        started = time.monotonic()
+        r = push(ports.push, "c", agent_push("n", 0.9, cluster="c"), timeout=8)
+        waited = time.monotonic() - started
+        assert r.status == 500 and b"allow_on_headers_stop_iteration" in r.body, (r.status, r.body)
+        assert waited < 4, f"answered after {waited:.1f} s"
+        assert scrape(ports.metrics)['ingero_fleet_dropped_total{reason="host_config"}'] == 1
+        wait_for(lambda: "allow_on_headers_stop_iteration: true" in envoy.log(), what="the error in Envoy's log")

@@ -45,6 +45,8 @@ pub enum FleetError {
     SharedData(String),
     #[error("the proxy could not hand over the request body: {0}")]
     Host(String),
+    #[error("Envoy held this push at its headers and never passed its body to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy >= 1.35), or \"pause_on_headers\": false in the plugin configuration")]
+    HeaderPauseIgnored,
 }
 
 impl FleetError {
@@ -65,6 +67,7 @@ impl FleetError {
             Self::MethodNotAllowed { .. } => 405,
             Self::TooManyClusters { .. } => 429,
             Self::Busy | Self::SharedData(_) | Self::Host(_) => 503,
+            Self::HeaderPauseIgnored => 500,
         }
     }
 
@@ -72,6 +75,7 @@ impl FleetError {
     pub fn rpc_code(&self) -> i32 {
         match self.status() {
             503 => 14,      // UNAVAILABLE
+            500 => 13,      // INTERNAL
             413 | 429 => 8, // RESOURCE_EXHAUSTED
             _ => 3,         // INVALID_ARGUMENT
         }

@@ -31,6 +31,11 @@ pub trait Host {
     }
 }
 
+/// How long a push held at its headers may wait for its first body piece before
+/// the proxy is taken to ignore the header pause (an Envoy without
+/// `allow_on_headers_stop_iteration`): well inside the agent's 5 s timeout.
+pub const BODY_WAIT_MS: u64 = 1_000;
+
 /// What the front door does when a hook returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -144,6 +149,25 @@ impl Exchange {
                     self.end_copy(fleet);
                 }
                 Flow::Continue
+            }
+            other => {
+                self.state = other;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The proxy held the push at its headers and its body never came: answers the
+    /// push (the front door calls this [`BODY_WAIT_MS`] after holding it).
+    pub fn on_body_never_came<S: SharedStore, C: CounterSink>(
+        &mut self,
+        fleet: &Fleet<S, C>,
+        host: &mut impl Host,
+    ) -> Flow {
+        match std::mem::take(&mut self.state) {
+            State::Holding(push) => {
+                let answer = fleet.refuse_push(&push, &FleetError::HeaderPauseIgnored);
+                self.reply(fleet, host, answer)
             }
             other => {
                 self.state = other;

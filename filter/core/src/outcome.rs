@@ -26,11 +26,13 @@ pub enum DropReason {
     Busy,
     /// Observe mode: the upstream did not accept the push, so its scores were not stored.
     UpstreamRefused,
+    /// The proxy is set up so the filter never receives the body (answered 500).
+    HostConfig,
 }
 
 impl DropReason {
     /// Every reason, in exposition order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::InvalidPoint,
         Self::MaxExpectedNodes,
         Self::MaxNodesPerCluster,
@@ -41,6 +43,7 @@ impl DropReason {
         Self::UnsupportedMediaType,
         Self::Busy,
         Self::UpstreamRefused,
+        Self::HostConfig,
     ];
 
     /// The reason a whole request refused with `error` is counted under.
@@ -52,6 +55,7 @@ impl DropReason {
                 413 => Self::BodyTooLarge,
                 415 => Self::UnsupportedMediaType,
                 503 => Self::Busy,
+                500 => Self::HostConfig,
                 _ => Self::BadRequest,
             },
         }
@@ -70,6 +74,7 @@ impl DropReason {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Busy => "busy",
             Self::UpstreamRefused => "upstream_refused",
+            Self::HostConfig => "host_config",
         }
     }
 }

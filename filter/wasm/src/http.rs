@@ -6,24 +6,27 @@ use ingero_fleet_core::{Exchange, Flow, Host, RequestHead};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 pub struct FleetHttp {
     worker: Rc<Worker>,
-    exchange: Exchange,
+    id: u32,
+    /// Shared with the worker while a push waits for its body (see `Worker::hold`).
+    exchange: Rc<RefCell<Exchange>>,
     /// The body size Envoy last reported: trailers end the body without one.
     body_len: usize,
 }
 
 impl FleetHttp {
-    pub fn new(worker: Rc<Worker>) -> Self {
-        Self { worker, exchange: Exchange::default(), body_len: 0 }
+    pub fn new(worker: Rc<Worker>, id: u32) -> Self {
+        Self { worker, id, exchange: Rc::default(), body_len: 0 }
     }
 }
 
 /// The host during one hook: the body Envoy holds is `body_len` bytes.
-struct Envoy {
-    body_len: usize,
+pub struct Envoy {
+    pub body_len: usize,
 }
 
 impl Host for Envoy {
@@ -64,7 +67,12 @@ fn action(flow: Flow) -> Action {
     }
 }
 
-impl Context for FleetHttp {}
+impl Context for FleetHttp {
+    fn on_done(&mut self) -> bool {
+        self.worker.release(self.id);
+        true
+    }
+}
 
 impl HttpContext for FleetHttp {
     fn on_http_request_headers(&mut self, _count: usize, end_of_stream: bool) -> Action {
@@ -72,25 +80,34 @@ impl HttpContext for FleetHttp {
         let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         let head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let fleet = &self.worker.fleet;
-        action(self.exchange.on_request_headers(fleet, &mut Envoy { body_len: 0 }, &head, end_of_stream))
+        let flow =
+            self.exchange.borrow_mut().on_request_headers(fleet, &mut Envoy { body_len: 0 }, &head, end_of_stream);
+        if flow == Flow::Hold {
+            self.worker.hold(self.id, Rc::downgrade(&self.exchange));
+        }
+        action(flow)
     }
 
     fn on_http_request_body(&mut self, body_len: usize, end_of_stream: bool) -> Action {
+        self.worker.release(self.id);
         self.body_len = body_len;
-        match self.exchange.on_request_body(&self.worker.fleet, &mut Envoy { body_len }, end_of_stream) {
+        match self.exchange.borrow_mut().on_request_body(&self.worker.fleet, &mut Envoy { body_len }, end_of_stream) {
             Flow::Continue => Action::Continue,
             Flow::Hold | Flow::HoldBody | Flow::Stop => Action::Pause,
         }
     }
 
     fn on_http_request_trailers(&mut self, _count: usize) -> Action {
-        action(self.exchange.on_request_trailers(&self.worker.fleet, &mut Envoy { body_len: self.body_len }))
+        self.worker.release(self.id);
+        action(
+            self.exchange.borrow_mut().on_request_trailers(&self.worker.fleet, &mut Envoy { body_len: self.body_len }),
+        )
     }
 
     /// Observe mode: the upstream answered; the exchange stores the push on a 2xx.
     fn on_http_response_headers(&mut self, _count: usize, _end_of_stream: bool) -> Action {
         let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten();
         let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
-        action(self.exchange.on_response_headers(&self.worker.fleet, &mut Envoy { body_len: 0 }, status))
+        action(self.exchange.borrow_mut().on_response_headers(&self.worker.fleet, &mut Envoy { body_len: 0 }, status))
     }
 }

@@ -1,17 +1,51 @@
 //! The root context: configuration and the periodic tick of one worker's VM.
 
-use crate::http::FleetHttp;
+use crate::http::{Envoy, FleetHttp};
 use crate::metrics::HostCounters;
 use crate::shared_data::HostSharedData;
-use ingero_fleet_core::{Config, Fleet};
+use ingero_fleet_core::exchange::BODY_WAIT_MS;
+use ingero_fleet_core::{Config, Exchange, Fleet, FleetError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
 use std::time::UNIX_EPOCH;
 
-/// What one worker's contexts share: the service over Envoy's shared data.
+/// What one worker's contexts share: the service over Envoy's shared data,
+/// and the pushes held at their headers that still wait for a body.
 pub struct Worker {
     pub fleet: Fleet<HostSharedData, HostCounters>,
+    held: RefCell<Vec<(u32, u64, Weak<RefCell<Exchange>>)>>,
+}
+
+impl Worker {
+    /// Notes a push held at its headers, until its body arrives.
+    pub fn hold(&self, id: u32, exchange: Weak<RefCell<Exchange>>) {
+        self.held.borrow_mut().push((id, now_ms(), exchange));
+    }
+
+    /// The push's body (or its end) arrived.
+    pub fn release(&self, id: u32) {
+        self.held.borrow_mut().retain(|(held, _, _)| *held != id);
+    }
+
+    /// An Envoy that ignores the header pause never passes the body on: answer
+    /// such pushes with the setting to fix rather than let them hang.
+    fn answer_bodiless(&self, now: u64) {
+        let stale: Vec<_> = {
+            let mut held = self.held.borrow_mut();
+            let (stale, waiting) = held.drain(..).partition(|(_, since, _)| now.saturating_sub(*since) >= BODY_WAIT_MS);
+            *held = waiting;
+            stale
+        };
+        for (id, _, exchange) in stale {
+            let Some(exchange) = exchange.upgrade() else { continue };
+            if proxy_wasm::hostcalls::set_effective_context(id).is_ok() {
+                log::error!("ingero-fleet: {}", FleetError::HeaderPauseIgnored);
+                exchange.borrow_mut().on_body_never_came(&self.fleet, &mut Envoy { body_len: 0 });
+            }
+        }
+    }
 }
 
 /// The plugin's root context, one per worker VM.
@@ -47,7 +81,7 @@ impl RootContext for FleetRoot {
             log::error!("ingero-fleet: cannot create shared data keys: {e}");
             return false;
         }
-        self.worker = Some(Rc::new(Worker { fleet }));
+        self.worker = Some(Rc::new(Worker { fleet, held: RefCell::default() }));
         self.set_tick_period(tick);
         true
     }
@@ -57,12 +91,13 @@ impl RootContext for FleetRoot {
             if let Err(e) = worker.fleet.tick(now_ms()) {
                 log::warn!("ingero-fleet: recompute failed: {e}");
             }
+            worker.answer_bodiless(now_ms());
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.clone()?;
-        Some(Box::new(FleetHttp::new(worker)))
+        Some(Box::new(FleetHttp::new(worker, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
