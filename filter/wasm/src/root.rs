@@ -15,8 +15,11 @@ use std::time::UNIX_EPOCH;
 /// and the pushes held at their headers that still wait for a body.
 pub struct Worker {
     pub fleet: Fleet<HostSharedData, HostCounters>,
-    held: RefCell<Vec<(u32, u64, Weak<RefCell<Exchange>>)>>,
+    held: RefCell<Vec<Held>>,
 }
+
+/// A push held at its headers: its context id, since when, and its exchange.
+type Held = (u32, u64, Weak<RefCell<Exchange>>);
 
 impl Worker {
     /// Notes a push held at its headers, until its body arrives.
