@@ -56,6 +56,8 @@ pub struct Config {
     pub mode: Mode,
     /// The routes this listener answers; the others go on to the next filter or the host's 404.
     pub routes: RouteSet,
+    /// Who may push which clusters; empty: anyone who reaches the push port may push any cluster.
+    pub push_identities: PushIdentities,
     /// Listen addresses (used by the standalone server only).
     pub listen: Listen,
 }
@@ -79,6 +81,36 @@ impl Mode {
             Self::Observe => "observe",
         }
     }
+}
+
+/// Identities allowed to push, each with the clusters it may push (`*`: any).
+/// An identity is `token:<secret>` (sent as `Authorization: Bearer <secret>`)
+/// or a peer certificate's URI or DNS name (a SPIFFE ID under mTLS).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushIdentities(Vec<(String, Vec<String>)>);
+
+impl PushIdentities {
+    /// Whether pushes need no identity (the upstream product's default).
+    pub fn is_open(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The clusters the first matching identity may push: a bearer token or the
+    /// peer certificate's name.
+    pub fn clusters(&self, bearer: Option<&str>, peer: Option<&str>) -> Option<&[String]> {
+        self.0.iter().find_map(|(identity, clusters)| {
+            let matched = match identity.strip_prefix("token:") {
+                Some(secret) => bearer.is_some_and(|b| same_secret(b.as_bytes(), secret.as_bytes())),
+                None => peer == Some(identity.as_str()),
+            };
+            matched.then_some(clusters.as_slice())
+        })
+    }
+}
+
+/// Compares secrets without stopping at the first differing byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Groups of Fleet routes one listener serves, so each port serves only its role.
@@ -137,6 +169,7 @@ impl Default for Config {
             pause_on_headers: true,
             mode: Mode::Terminate,
             routes: RouteSet::ALL,
+            push_identities: PushIdentities::default(),
             listen: Listen::default(),
         }
     }
@@ -207,6 +240,7 @@ impl Config {
                 "pause_on_headers",
                 "mode",
                 "routes",
+                "push_identities",
             ],
         );
         let max_expected_nodes = check.int(root, "max_expected_nodes", d.max_expected_nodes, 1, 1_000_000);
@@ -226,6 +260,7 @@ impl Config {
             pause_on_headers: check.boolean(root, "pause_on_headers", d.pause_on_headers),
             mode: check.mode(root, "mode", d.mode),
             routes: check.routes(root, "routes", d.routes),
+            push_identities: check.identities(root, "push_identities"),
             listen: Listen {
                 otlp_http: check.string(listen, "listen.otlp_http", d.listen.otlp_http),
                 otlp_grpc: check.string(listen, "listen.otlp_grpc", d.listen.otlp_grpc),
@@ -431,6 +466,30 @@ impl Checker {
                     RouteSet::NAMES.map(|n| format!("\"{n}\"")).join(", ")
                 ));
                 default
+            }
+        }
+    }
+
+    fn identities(&mut self, map: &Map<String, Value>, path: &str) -> PushIdentities {
+        let Some(value) = Self::leaf(map, path) else { return PushIdentities::default() };
+        let entries = value.as_object().map(|o| {
+            o.iter()
+                .map(|(identity, clusters)| {
+                    let clusters: Option<Vec<String>> =
+                        clusters.as_array().and_then(|a| a.iter().map(|c| c.as_str().map(str::to_owned)).collect());
+                    Some((identity.clone(), clusters.filter(|c| !c.is_empty())?))
+                        .filter(|(i, _)| !i.is_empty() && i != "token:")
+                })
+                .collect::<Option<Vec<_>>>()
+        });
+        match entries.flatten() {
+            Some(entries) => PushIdentities(entries),
+            None => {
+                self.problems.push(format!(
+                    "{path} must map each identity (\"token:<secret>\" or a certificate's URI/DNS name) \
+                     to a non-empty list of cluster ids or \"*\""
+                ));
+                PushIdentities::default()
             }
         }
     }

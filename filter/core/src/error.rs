@@ -37,6 +37,10 @@ pub enum FleetError {
     UnsupportedContentType(String),
     #[error("unsupported Content-Encoding {0:?}: use identity or gzip")]
     UnsupportedEncoding(String),
+    #[error("this push carries no identity allowed to push (push_identities): send Authorization: Bearer <token> or a client certificate")]
+    NoIdentity,
+    #[error("this identity may not push cluster {0:?} (push_identities)")]
+    ClusterNotAllowed(String),
     #[error("method {method} is not allowed here: use {allowed}")]
     MethodNotAllowed { method: String, allowed: &'static str },
     #[error("fleet state is busy, retry later")]
@@ -65,6 +69,7 @@ impl FleetError {
             Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } => 413,
             Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) | Self::GrpcNotServed => 415,
             Self::MethodNotAllowed { .. } => 405,
+            Self::NoIdentity | Self::ClusterNotAllowed(_) => 403,
             Self::TooManyClusters { .. } => 429,
             Self::Busy | Self::SharedData(_) | Self::Host(_) => 503,
             Self::HeaderPauseIgnored => 500,
@@ -76,6 +81,7 @@ impl FleetError {
         match self.status() {
             503 => 14,      // UNAVAILABLE
             500 => 13,      // INTERNAL
+            403 => 7,       // PERMISSION_DENIED
             413 | 429 => 8, // RESOURCE_EXHAUSTED
             _ => 3,         // INVALID_ARGUMENT
         }

@@ -28,11 +28,13 @@ pub enum DropReason {
     UpstreamRefused,
     /// The proxy is set up so the filter never receives the body (answered 500).
     HostConfig,
+    /// A push without an identity allowed to push its cluster (answered 403).
+    Forbidden,
 }
 
 impl DropReason {
     /// Every reason, in exposition order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::InvalidPoint,
         Self::MaxExpectedNodes,
         Self::MaxNodesPerCluster,
@@ -44,6 +46,7 @@ impl DropReason {
         Self::Busy,
         Self::UpstreamRefused,
         Self::HostConfig,
+        Self::Forbidden,
     ];
 
     /// The reason a whole request refused with `error` is counted under.
@@ -56,6 +59,7 @@ impl DropReason {
                 415 => Self::UnsupportedMediaType,
                 503 => Self::Busy,
                 500 => Self::HostConfig,
+                403 => Self::Forbidden,
                 _ => Self::BadRequest,
             },
         }
@@ -75,6 +79,7 @@ impl DropReason {
             Self::Busy => "busy",
             Self::UpstreamRefused => "upstream_refused",
             Self::HostConfig => "host_config",
+            Self::Forbidden => "forbidden",
         }
     }
 }

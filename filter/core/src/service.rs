@@ -31,6 +31,10 @@ pub struct RequestHead<'a> {
     pub content_encoding: Option<&'a str>,
     /// `grpc-encoding`: how a gRPC message is compressed.
     pub grpc_encoding: Option<&'a str>,
+    /// The token of an `Authorization: Bearer` header.
+    pub bearer: Option<&'a str>,
+    /// The client certificate's URI (SPIFFE ID) or DNS name, as the host verified it.
+    pub peer: Option<&'a str>,
     pub content_length: Option<usize>,
 }
 
@@ -49,6 +53,8 @@ impl<'a> RequestHead<'a> {
                 head.content_type = Some(value);
             } else if is("content-encoding") {
                 head.content_encoding = Some(value);
+            } else if is("authorization") {
+                head.bearer = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim);
             } else if is("grpc-encoding") {
                 head.grpc_encoding = Some(value);
             } else if is("content-length") {
@@ -77,6 +83,8 @@ pub enum HeadStep {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingPush {
     cluster: Option<String>,
+    /// The clusters this push's identity may push; `None`: any (no identities configured).
+    allowed: Option<Vec<String>>,
     format: BodyFormat,
     framing: Framing,
     gzip: bool,
@@ -201,7 +209,10 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                         Some(n) if n > self.config.max_body_bytes => {
                             Err(FleetError::BodyTooLarge { limit: self.config.max_body_bytes })
                         }
-                        _ => Ok(PendingPush { cluster, format, framing, gzip }),
+                        _ => {
+                            let allowed = self.allowed_clusters(head, cluster.as_deref())?;
+                            Ok(PendingPush { cluster, allowed, format, framing, gzip })
+                        }
                     }
                 });
                 match checked {
@@ -213,6 +224,22 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                 Ok(reply) => HeadStep::Answer(Answer { reply, outcome: Outcome::default() }),
                 Err(e) => refuse(e),
             },
+        }
+    }
+
+    /// The clusters a push's identity may push, checked against its `cluster_id`.
+    fn allowed_clusters(&self, head: &RequestHead, cluster: Option<&str>) -> Result<Option<Vec<String>>, FleetError> {
+        let identities = &self.config.push_identities;
+        if identities.is_open() {
+            return Ok(None);
+        }
+        let allowed = identities.clusters(head.bearer, head.peer).ok_or(FleetError::NoIdentity)?;
+        if allowed.iter().any(|c| c == "*") {
+            return Ok(None);
+        }
+        match cluster {
+            Some(c) if !allowed.iter().any(|a| a == c) => Err(FleetError::ClusterNotAllowed(c.to_owned())),
+            _ => Ok(Some(allowed.to_vec())),
         }
     }
 
@@ -258,6 +285,14 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
             return Err(FleetError::MissingClusterId);
         }
         let batch = extract(request, push.cluster(), &self.config);
+        if let Some(allowed) = &push.allowed {
+            // Clusters named only in the body (ingero.cluster.id) are bound too.
+            let named =
+                batch.scores.iter().map(|s| &s.cluster).chain(batch.straggler_events.iter().map(|e| &e.cluster));
+            if let Some(other) = named.into_iter().find(|c| !allowed.contains(c)) {
+                return Err(FleetError::ClusterNotAllowed(other.clone()));
+            }
+        }
         Ok(ScoredPush { push: push.clone(), batch })
     }
 

@@ -309,3 +309,35 @@ fn request_heads_come_from_header_lists() {
     );
     assert_eq!(RequestHead::from_headers([]).content_type, None);
 }
+
+#[test]
+fn identities_bind_pushes_to_their_clusters() {
+    let config = Config::from_json(
+        br#"{"push_identities": {"token:s3cret": ["c2"], "spiffe://gpu/agent": ["*"], "token:other": ["c1"]}}"#,
+    )
+    .map(|p| p.config)
+    .unwrap_or_else(|e| unreachable!("{e}"));
+    let fleet = Fleet::new(config, MemoryStore::default(), MemoryCounters::default());
+    assert_eq!(fleet.init(), Ok(()));
+    let body = agent_json("n1", "0.9"); // names cluster c1 in its resource
+    let status = |path: &str, bearer: Option<&str>, peer: Option<&str>| {
+        let head = RequestHead { bearer, peer, ..head("POST", path, Some("application/json")) };
+        fleet
+            .handle(&head, body.as_bytes(), 1_000)
+            .map(|a| (a.reply.status, String::from_utf8_lossy(&a.reply.body).into_owned()))
+    };
+    let (code, message) = status("/v1/metrics?cluster_id=c2", None, None).unwrap_or_default();
+    assert_eq!(code, 403);
+    assert!(message.contains("no identity allowed to push"), "{message}");
+    assert_eq!(status("/v1/metrics?cluster_id=c2", Some("s3cret"), None).map(|s| s.0), Some(200));
+    assert_eq!(status("/v1/metrics?cluster_id=c2", Some("s3creT"), None).map(|s| s.0), Some(403));
+    let (code, message) = status("/v1/metrics?cluster_id=c1", Some("s3cret"), None).unwrap_or_default();
+    assert!(code == 403 && message.contains("may not push cluster") && message.contains("c1"), "{message}");
+    // Without cluster_id the cluster named in the body is bound just the same.
+    assert_eq!(status("/v1/metrics", Some("s3cret"), None).map(|s| s.0), Some(403));
+    assert_eq!(status("/v1/metrics", Some("other"), None).map(|s| s.0), Some(200));
+    assert_eq!(status("/v1/metrics?cluster_id=any", None, Some("spiffe://gpu/agent")).map(|s| s.0), Some(200));
+    assert_eq!(fleet.counters().value(Counter::Dropped(DropReason::Forbidden)), 4);
+    assert_eq!(RequestHead::from_headers([("authorization", "Bearer abc")]).bearer, Some("abc"));
+    assert!(Config::from_json(br#"{"push_identities": {"token:x": []}}"#).is_err(), "an empty cluster list");
+}
