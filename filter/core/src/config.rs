@@ -505,33 +505,58 @@ enum DefaultOf {
 /// without an entry here fails `key_table_tests::every_config_field_has_a_key`.
 const KEYS: &[(&str, &str, DefaultOf)] = &[
     ("threshold.k", "MAD multiplier in `median − k·1.4826·MAD`", DefaultOf::Field(|c| Value::from(c.k))),
-    ("threshold.ema_alpha", "weight of the newest raw threshold in the EMA; 1 = no smoothing",
-     DefaultOf::Field(|c| Value::from(c.ema_alpha))),
-    ("push_interval", "the agents' push period; one recompute per period",
-     DefaultOf::Field(|c| Value::from(duration_text(c.push_interval)))),
-    ("ttl_multiplier", "a node expires after `push_interval × ttl_multiplier` without a push",
-     DefaultOf::Field(|c| Value::from(c.ttl_multiplier))),
-    ("quorum.statistical_min", "active nodes a cohort needs for a threshold",
-     DefaultOf::Field(|c| Value::from(c.statistical_min))),
-    ("quorum.coverage_fraction", "below this share of `ingero.world_size`, coverage is low",
-     DefaultOf::Field(|c| Value::from(c.coverage_fraction))),
+    (
+        "threshold.ema_alpha",
+        "weight of the newest raw threshold in the EMA; 1 = no smoothing",
+        DefaultOf::Field(|c| Value::from(c.ema_alpha)),
+    ),
+    (
+        "push_interval",
+        "the agents' push period; one recompute per period",
+        DefaultOf::Field(|c| Value::from(duration_text(c.push_interval))),
+    ),
+    (
+        "ttl_multiplier",
+        "a node expires after `push_interval × ttl_multiplier` without a push",
+        DefaultOf::Field(|c| Value::from(c.ttl_multiplier)),
+    ),
+    (
+        "quorum.statistical_min",
+        "active nodes a cohort needs for a threshold",
+        DefaultOf::Field(|c| Value::from(c.statistical_min)),
+    ),
+    (
+        "quorum.coverage_fraction",
+        "below this share of `ingero.world_size`, coverage is low",
+        DefaultOf::Field(|c| Value::from(c.coverage_fraction)),
+    ),
     ("max_expected_nodes", "cap on tracked nodes", DefaultOf::Field(|c| Value::from(c.max_expected_nodes))),
     ("max_nodes_per_cluster", "cap on one cluster's tracked nodes", DefaultOf::Follows("max_expected_nodes")),
     ("max_clusters", "cap on clusters; a new one past it gets 429", DefaultOf::Field(|c| Value::from(c.max_clusters))),
     ("max_body_bytes", "largest body, before and after gzip", DefaultOf::Field(|c| Value::from(c.max_body_bytes))),
     ("max_id_bytes", "longest cluster, node or cohort id", DefaultOf::Field(|c| Value::from(c.max_id_bytes))),
-    ("max_points_per_push", "most data points in one push",
-     DefaultOf::Field(|c| Value::from(c.max_points_per_push))),
-    ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives",
-     DefaultOf::Choice),
-    ("listen.otlp_http", "standalone server only: OTLP/HTTP pushes",
-     DefaultOf::Field(|c| Value::from(c.listen.otlp_http.clone()))),
-    ("listen.otlp_grpc", "standalone server only: OTLP/gRPC pushes",
-     DefaultOf::Field(|c| Value::from(c.listen.otlp_grpc.clone()))),
-    ("listen.api", "standalone server only: threshold API, listings, dashboard",
-     DefaultOf::Field(|c| Value::from(c.listen.api.clone()))),
-    ("listen.metrics", "standalone server only: `/metrics`",
-     DefaultOf::Field(|c| Value::from(c.listen.metrics.clone()))),
+    ("max_points_per_push", "most data points in one push", DefaultOf::Field(|c| Value::from(c.max_points_per_push))),
+    ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives", DefaultOf::Choice),
+    (
+        "listen.otlp_http",
+        "standalone server only: OTLP/HTTP pushes",
+        DefaultOf::Field(|c| Value::from(c.listen.otlp_http.clone())),
+    ),
+    (
+        "listen.otlp_grpc",
+        "standalone server only: OTLP/gRPC pushes",
+        DefaultOf::Field(|c| Value::from(c.listen.otlp_grpc.clone())),
+    ),
+    (
+        "listen.api",
+        "standalone server only: threshold API, listings, dashboard",
+        DefaultOf::Field(|c| Value::from(c.listen.api.clone())),
+    ),
+    (
+        "listen.metrics",
+        "standalone server only: `/metrics`",
+        DefaultOf::Field(|c| Value::from(c.listen.metrics.clone())),
+    ),
 ];
 
 /// Every configuration key with its kind, default, valid range and meaning.
@@ -578,7 +603,11 @@ fn at_path(path: &str, value: Value) -> Value {
 /// `10s`, or `250ms` when not whole seconds.
 fn duration_text(d: Duration) -> String {
     let ms = duration_ms(d);
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// Kind, bounds and choices from the validator's "must be …" text.
@@ -644,8 +673,10 @@ mod key_table_tests {
         let fields = debug_fields(&format!("{:?}", Config::default()));
         assert!(fields.len() >= 13, "{fields:?}");
         for field in fields.iter().filter(|f| *f != "listen") {
-            assert!(paths.iter().any(|p| p.rsplit('.').next() == Some(field.as_str())),
-                    "Config field {field} has no entry in config.rs KEYS");
+            assert!(
+                paths.iter().any(|p| p.rsplit('.').next() == Some(field.as_str())),
+                "Config field {field} has no entry in config.rs KEYS"
+            );
         }
         for field in debug_fields(&format!("{:?}", Listen::default())) {
             assert!(paths.contains(&format!("listen.{field}").as_str()), "Listen field {field} has no entry");
