@@ -73,7 +73,7 @@ fn export(state: &State, request: tonic::Request<Bytes>) -> Result<tonic::Respon
         HeadStep::Answer(answer) => answer,
         HeadStep::Pass => return Err(Status::internal("the push route is not a Fleet route")),
     };
-    respond(answer.reply)
+    respond(crate::refusals::note(&head, answer))
 }
 
 /// A protobuf reply as a gRPC answer: the body is the response message or a `google.rpc.Status`.

@@ -46,7 +46,7 @@ async fn fleet(Shared(state): Shared<Arc<State>>, request: Request) -> Response 
     let fleet = state.fleet();
     let push = match fleet.on_head(&head, &state.book()) {
         HeadStep::Pass => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
-        HeadStep::Answer(answer) => return send(answer.reply),
+        HeadStep::Answer(answer) => return send(crate::refusals::note(&head, answer)),
         HeadStep::ReadBody(push) => push,
     };
     let answer = match read_body(body, fleet.config().max_body_bytes).await {
@@ -58,7 +58,7 @@ async fn fleet(Shared(state): Shared<Arc<State>>, request: Request) -> Response 
             return (StatusCode::BAD_REQUEST, "incomplete request body\n").into_response();
         }
     };
-    send(answer.reply)
+    send(crate::refusals::note(&head, answer))
 }
 
 /// The whole body, or `None` as soon as it grows past `limit` bytes.

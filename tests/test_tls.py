@@ -1,0 +1,294 @@
+"""TLS and mTLS on the standalone server and on the Envoy TLS front
+(envoy/envoy-tls.yaml), with real handshakes and certificates made by
+`openssl`: an agents' CA, a server certificate, an agent certificate, and a
+second CA whose certificate must be refused. Certificate rotation is picked up
+without a restart and without dropping a push in flight; the OpenTelemetry
+SDK's HTTP and gRPC exporters push over mTLS."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
+from opentelemetry.metrics import Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+
+from fleet import ROOT, WASM, Envoy, agent_push, free_port, render_envoy, request, scrape, start_serving, wait_for
+from frontdoors import Standalone
+
+ENVOY_TLS = ROOT / "envoy/envoy-tls.yaml"
+
+
+# === certificates ===
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            cwd=d)
+
+
+def make_leaf(d: Path, name: str, ca: str, usage: str, key_type: str = "ec") -> None:
+    """A certificate for `name` signed by `ca`; `usage` is serverAuth or clientAuth."""
+    key_args = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if key_type == "ec" else ["-newkey", "rsa:2048"]
+    openssl("req", *key_args, "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+    (d / f"{name}.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\nsubjectAltName=DNS:localhost,IP:127.0.0.1,URI:spiffe://fleet.test/{name}\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-set_serial",
+            str(int.from_bytes(os.urandom(8), "big")), "-days", "2", "-out", f"{name}.crt",
+            "-extfile", f"{name}.ext", cwd=d)
+
+
+@dataclass
+class Pki:
+    dir: Path
+
+    def path(self, name: str) -> str:
+        return str(self.dir / name)
+
+    def der(self, name: str) -> bytes:
+        return ssl.PEM_cert_to_DER_cert((self.dir / name).read_text())
+
+    def client(self, cert: str | None = "agent") -> ssl.SSLContext:
+        """A client trusting the agents' CA, presenting `cert` (None: no certificate)."""
+        ctx = ssl.create_default_context(cafile=self.path("ca.crt"))
+        if cert:
+            ctx.load_cert_chain(self.path(f"{cert}.crt"), self.path(f"{cert}.key"))
+        return ctx
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    d = Path(tempfile.mkdtemp(prefix="fleet-pki-"))
+    make_ca(d, "ca")
+    make_ca(d, "other-ca")
+    make_leaf(d, "server", "ca", "serverAuth")
+    make_leaf(d, "server2", "ca", "serverAuth", key_type="rsa")
+    make_leaf(d, "agent", "ca", "clientAuth")
+    make_leaf(d, "intruder", "other-ca", "clientAuth")
+    return Pki(d)
+
+
+def tls_config(pki: Pki, mutual: bool = True, **extra) -> dict:
+    tls = {"cert_file": pki.path("server.crt"), "key_file": pki.path("server.key")}
+    if mutual:
+        tls["client_ca_file"] = pki.path("ca.crt")
+    return {"tls": tls | extra}
+
+
+# === HTTPS helpers ===
+
+def https(port: int, ctx: ssl.SSLContext, method: str = "GET", path: str = "/readyz", body: bytes | None = None,
+          headers: dict | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def https_push(port: int, ctx: ssl.SSLContext, node: str, cluster: str = "tls", score: float = 0.9):
+    return https(port, ctx, "POST", f"/v1/metrics?cluster_id={cluster}", agent_push(node, score, cluster),
+                 {"Content-Type": "application/json"})
+
+
+def refused(port: int, ctx: ssl.SSLContext) -> str:
+    """The error a client gets when the server refuses its certificate (in TLS 1.3 the
+    alert arrives after the client's side of the handshake, at the first read)."""
+    with pytest.raises(OSError) as e:
+        https(port, ctx)
+    return str(e.value)
+
+
+def peer_cert(port: int, ctx: ssl.SSLContext) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            return s.getpeercert(binary_form=True)
+
+
+def plain_http(port: int) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/readyz")
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+# === the standalone server ===
+
+def test_mtls_on_the_standalone_push_ports(pki):
+    with Standalone(tls_config(pki)) as server:
+        p = server.ports
+        # The agent's certificate is accepted: a push stores the node.
+        assert https_push(p["otlp_http"], pki.client(), "n1")[0] == 200
+        assert scrape(p["metrics"])["ingero_fleet_total_pushes"] == 1
+        # A certificate from another CA, and no certificate, are refused at the handshake.
+        assert refused(p["otlp_http"], pki.client("intruder"))
+        assert refused(p["otlp_http"], pki.client(None))
+        assert refused(p["otlp_grpc"], pki.client(None))
+        # Plain HTTP to a TLS port gets a readable 400, not a hang or a bare reset.
+        status, body = plain_http(p["otlp_http"])
+        assert status == 400 and b"serves HTTPS (TLS) only" in body
+        # The API stays plain unless tls.api is set.
+        assert request(p["api"], "GET", "/readyz").status == 200
+        assert scrape(p["metrics"])["ingero_fleet_total_pushes"] == 1
+        log = server.log()
+    assert "TLS on" in log and "client_certificates" in log
+
+
+def test_server_only_tls_and_tls_on_the_api(pki):
+    server = Standalone(tls_config(pki, mutual=False, api=True))
+    server.start()
+    try:
+        # Readiness through the metrics port, which stays plain.
+        start_serving(server, "ingero-fleet", server.ports["metrics"], "/readyz", timeout=20)
+        assert https(server.ports["otlp_http"], pki.client(None), "GET", "/readyz") == (200, b"ready\n")
+        assert https(server.ports["api"], pki.client(None), "GET", "/readyz") == (200, b"ready\n")
+        assert plain_http(server.ports["api"])[0] == 400
+        # A client that does not trust the CA refuses the server.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            https(server.ports["otlp_http"], ssl.create_default_context(cafile=pki.path("other-ca.crt")))
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_rotation_without_restart_keeps_a_push_in_flight(pki):
+    d = Path(tempfile.mkdtemp(prefix="fleet-rotate-"))
+    for name in ("server.crt", "server.key"):
+        (d / name).write_bytes((pki.dir / name).read_bytes())
+    config = {"tls": {"cert_file": str(d / "server.crt"), "key_file": str(d / "server.key"),
+                      "client_ca_file": pki.path("ca.crt")}}
+    with Standalone(config) as server:
+        port = server.ports["otlp_http"]
+        assert peer_cert(port, pki.client()) == pki.der("server.crt")
+        # A push whose body is half sent on a connection made with the old certificate…
+        body = agent_push("rot-1", 0.9, "tls")
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=pki.client(), timeout=10)
+        conn.putrequest("POST", "/v1/metrics?cluster_id=tls")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        conn.send(body[:100])
+        # …while the files are replaced the way a secret update does (key first, then certificate).
+        for name in ("server.key", "server.crt"):
+            tmp = d / f".{name}.tmp"
+            tmp.write_bytes((pki.dir / name.replace("server", "server2")).read_bytes())
+            os.replace(tmp, d / name)
+        # New handshakes get the new certificate, with no restart…
+        wait_for(lambda: peer_cert(port, pki.client()) == pki.der("server2.crt"), timeout=10, what="rotation")
+        assert https_push(port, pki.client(), "rot-2")[0] == 200
+        # …and the push in flight completes on its old connection.
+        conn.send(body[100:])
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        conn.close()
+        assert scrape(server.ports["metrics"])["ingero_fleet_total_pushes"] == 2
+        assert server.process.poll() is None
+        assert "TLS certificate files changed: reloaded" in server.log()
+
+
+# === OpenTelemetry SDK exporters over mTLS ===
+
+def sdk_export(exporter, node: str, cluster: str = "otel-tls", score: float = 0.9) -> bool:
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    resource = Resource.create({"ingero.node.id": node, "ingero.cluster.id": cluster})
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    provider.get_meter("ingero.health").create_observable_gauge(
+        "ingero.node.health_score",
+        callbacks=[lambda _options: [Observation(score, {"ingero.node.state": "active"})]],
+    )
+    try:
+        return provider.force_flush(timeout_millis=5000)
+    finally:
+        provider.shutdown()
+
+
+def test_otel_sdk_exporters_push_over_mtls(pki):
+    with Standalone(tls_config(pki)) as server:
+        p = server.ports
+        http_exporter = HttpExporter(endpoint=f"https://127.0.0.1:{p['otlp_http']}/v1/metrics",
+                                     certificate_file=pki.path("ca.crt"),
+                                     client_certificate_file=pki.path("agent.crt"),
+                                     client_key_file=pki.path("agent.key"), timeout=5)
+        assert sdk_export(http_exporter, "sdk-http")
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(pki.dir / "ca.crt").read_bytes(),
+            private_key=(pki.dir / "agent.key").read_bytes(),
+            certificate_chain=(pki.dir / "agent.crt").read_bytes())
+        grpc_exporter = GrpcExporter(endpoint=f"localhost:{p['otlp_grpc']}", credentials=credentials,
+                                     insecure=False, timeout=5)
+        assert sdk_export(grpc_exporter, "sdk-grpc")
+        # Each exporter's push arrived (force_flush alone does not say the export succeeded).
+        assert scrape(p["metrics"])["ingero_fleet_total_pushes"] == 2
+
+
+# === the Envoy TLS front ===
+
+def render_envoy_tls(pki: Pki, listen: dict, admin: int, sds_dir: Path) -> dict:
+    """envoy/envoy-tls.yaml with test ports and this test's certificate files."""
+    config = render_envoy({}, listen, admin, template=ENVOY_TLS)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            socket_ = chain.get("transport_socket")
+            if not socket_:
+                continue
+            common = socket_["typed_config"]["common_tls_context"]
+            for sds in common.get("tls_certificate_sds_secret_configs", []) + \
+                    [common.get("validation_context_sds_secret_config", {})]:
+                source = sds.get("sds_config", {}).get("path_config_source")
+                if not source:
+                    continue
+                original = yaml.safe_load((ROOT / source["path"]).read_text())
+                for resource in original["resources"]:
+                    for part in resource.values():
+                        if isinstance(part, dict):
+                            for key in ("certificate_chain", "private_key", "trusted_ca"):
+                                if key in part:
+                                    part[key]["filename"] = pki.path(Path(part[key]["filename"]).name)
+                target = sds_dir / Path(source["path"]).name
+                target.write_text(yaml.safe_dump(original))
+                source["path"] = str(target)
+                source["watched_directory"] = {"path": str(sds_dir)}
+    return config
+
+
+def test_envoy_tls_front_with_mtls(pki):
+    assert WASM.exists(), "scripts/build-wasm first"
+    # The example's file names are the cert-manager secret's keys (tls.crt, tls.key, ca.crt).
+    for src, dst in (("server.crt", "tls.crt"), ("server.key", "tls.key")):
+        (pki.dir / dst).write_bytes((pki.dir / src).read_bytes())
+    listen = {"otlp_http": free_port(), "api": free_port(), "metrics": free_port()}
+    sds_dir = Path(tempfile.mkdtemp(prefix="envoy-sds-"))
+    with Envoy(render_envoy_tls(pki, listen, free_port(), sds_dir)) as envoy:
+        port = listen["otlp_http"]
+        status, _ = https_push(port, pki.client(), "envoy-1", "envoy-tls")
+        assert status == 200
+        assert refused(port, pki.client("intruder"))
+        assert refused(port, pki.client(None))
+        with pytest.raises(OSError):
+            plain_http(port)
+        assert scrape(listen["metrics"])["ingero_fleet_total_pushes"] == 1
+        assert peer_cert(port, pki.client()) == pki.der("server.crt")
