@@ -72,7 +72,7 @@ pub fn summarize() {
         for (reason, n) in &pushes {
             let _ = write!(by_reason, " {reason}={n}");
         }
-        tracing::warn!("refused or dropped {total} in the last {SUMMARY_PERIOD:?}:{by_reason}");
+        tracing::warn!("refused pushes (or dropped points) since the last summary: {total} by reason:{by_reason}");
     }
     let connections = std::mem::take(&mut *lock(&CONNECTIONS));
     if !connections.is_empty() {
@@ -81,7 +81,9 @@ pub fn summarize() {
         for ((port, reason), n) in &connections {
             let _ = write!(by_reason, " {port}:{reason}={n}");
         }
-        tracing::warn!("closed or refused {total} connections or requests in the last {SUMMARY_PERIOD:?}:{by_reason}");
+        tracing::warn!(
+            "connections or requests cut by the server since the last summary: {total} by port:reason:{by_reason}"
+        );
     }
 }
 
@@ -89,7 +91,15 @@ pub fn summarize() {
 fn detail(reply: &Reply) -> String {
     let protobuf = reply.header("content-type").is_some_and(|t| t.contains("protobuf"));
     let text = match (protobuf, reply.status) {
-        (false, _) => String::from_utf8_lossy(&reply.body).trim().to_owned(),
+        (false, _) => match serde_json::from_slice::<serde_json::Value>(&reply.body) {
+            // The core's JSON errors are {"code", "message"}; partial successes carry errorMessage.
+            Ok(json) => json
+                .get("message")
+                .or_else(|| json.pointer("/partialSuccess/errorMessage"))
+                .and_then(|m| m.as_str())
+                .map_or_else(|| json.to_string(), str::to_owned),
+            Err(_) => String::from_utf8_lossy(&reply.body).trim().to_owned(),
+        },
         (true, 200) => String::new(),
         (true, _) => RpcStatus::decode(reply.body.as_slice()).map(|s| s.message).unwrap_or_default(),
     };

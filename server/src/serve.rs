@@ -200,6 +200,10 @@ where
         tokio::select! {
             done = connection.as_mut() => {
                 if let Err(e) = done {
+                    // hyper's own header_read_timeout ends the connection with a timeout error.
+                    if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                        refusals::connection(shared.name, "header_read_timeout");
+                    }
                     tracing::debug!("connection ended: {e}");
                 }
                 return;
@@ -211,8 +215,8 @@ where
                 closing = Some(Instant::now() + SHUTDOWN_GRACE);
             }
             () = activity.idle_for(idle_timeout), if closing.is_none() => {
+                // Normal for keep-alive clients, so not part of the warning summary.
                 tracing::debug!("idle for {idle_timeout:?} (limits.idle_timeout): closing");
-                refusals::connection(shared.name, "idle_timeout");
                 connection.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
             }
