@@ -247,48 +247,73 @@ def test_otel_sdk_exporters_push_over_mtls(pki):
 
 # === the Envoy TLS front ===
 
-def render_envoy_tls(pki: Pki, listen: dict, admin: int, sds_dir: Path) -> dict:
-    """envoy/envoy-tls.yaml with test ports and this test's certificate files."""
+def render_envoy_tls(cert_dir: Path, listen: dict, admin: int) -> dict:
+    """envoy/envoy-tls.yaml with test ports, its SDS files copied with /etc/fleet/tls replaced by `cert_dir`."""
     config = render_envoy({}, listen, admin, template=ENVOY_TLS)
+    sds_dir = Path(tempfile.mkdtemp(prefix="envoy-sds-"))
     for listener in config["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
-            socket_ = chain.get("transport_socket")
-            if not socket_:
+            if "transport_socket" not in chain:
                 continue
-            common = socket_["typed_config"]["common_tls_context"]
-            for sds in common.get("tls_certificate_sds_secret_configs", []) + \
-                    [common.get("validation_context_sds_secret_config", {})]:
-                source = sds.get("sds_config", {}).get("path_config_source")
-                if not source:
-                    continue
-                original = yaml.safe_load((ROOT / source["path"]).read_text())
-                for resource in original["resources"]:
-                    for part in resource.values():
-                        if isinstance(part, dict):
-                            for key in ("certificate_chain", "private_key", "trusted_ca"):
-                                if key in part:
-                                    part[key]["filename"] = pki.path(Path(part[key]["filename"]).name)
+            common = chain["transport_socket"]["typed_config"]["common_tls_context"]
+            for sds in [*common["tls_certificate_sds_secret_configs"], common["validation_context_sds_secret_config"]]:
+                source = sds["sds_config"]["path_config_source"]
+                text = (ROOT / source["path"]).read_text().replace("/etc/fleet/tls", str(cert_dir))
                 target = sds_dir / Path(source["path"]).name
-                target.write_text(yaml.safe_dump(original))
+                target.write_text(text)
                 source["path"] = str(target)
-                source["watched_directory"] = {"path": str(sds_dir)}
     return config
+
+
+def envoy_certs(pki: Pki) -> Path:
+    """A directory laid out like the cert-manager Secret the example expects."""
+    d = Path(tempfile.mkdtemp(prefix="envoy-tls-"))
+    for src, dst in (("server.crt", "tls.crt"), ("server.key", "tls.key"), ("ca.crt", "ca.crt")):
+        (d / dst).write_bytes((pki.dir / src).read_bytes())
+    return d
 
 
 def test_envoy_tls_front_with_mtls(pki):
     assert WASM.exists(), "scripts/build-wasm first"
-    # The example's file names are the cert-manager secret's keys (tls.crt, tls.key, ca.crt).
-    for src, dst in (("server.crt", "tls.crt"), ("server.key", "tls.key")):
-        (pki.dir / dst).write_bytes((pki.dir / src).read_bytes())
     listen = {"otlp_http": free_port(), "api": free_port(), "metrics": free_port()}
-    sds_dir = Path(tempfile.mkdtemp(prefix="envoy-sds-"))
-    with Envoy(render_envoy_tls(pki, listen, free_port(), sds_dir)) as envoy:
+    with Envoy(render_envoy_tls(envoy_certs(pki), listen, free_port())) as envoy:
         port = listen["otlp_http"]
-        status, _ = https_push(port, pki.client(), "envoy-1", "envoy-tls")
-        assert status == 200
+        assert https_push(port, pki.client(), "envoy-1", "envoy-tls")[0] == 200
+        assert scrape(listen["metrics"])["ingero_fleet_total_pushes"] == 1
         assert refused(port, pki.client("intruder"))
         assert refused(port, pki.client(None))
-        with pytest.raises(OSError):
-            plain_http(port)
+        status, body = plain_http(port)
+        assert status == 400 and b"serves HTTPS (TLS) only" in body
+        stats = request(envoy.admin_port, "GET", f"/stats?filter=^listener.127.0.0.1_{port}.ssl").body.decode()
+        counts = dict(line.split(": ") for line in stats.splitlines())
+        assert int(counts[f"listener.127.0.0.1_{port}.ssl.fail_verify_error"]) >= 1, stats
+        assert int(counts[f"listener.127.0.0.1_{port}.ssl.fail_verify_no_cert"]) >= 1, stats
         assert scrape(listen["metrics"])["ingero_fleet_total_pushes"] == 1
+        # The access log names the agent by its certificate's URI SAN.
+        wait_for(lambda: "san=spiffe://fleet.test/agent" in envoy.log(), what="the access log line")
+
+
+def test_envoy_picks_up_a_rotated_certificate_without_restart(pki):
+    certs = envoy_certs(pki)
+    listen = {"otlp_http": free_port(), "api": free_port(), "metrics": free_port()}
+    with Envoy(render_envoy_tls(certs, listen, free_port())) as envoy:
+        port = listen["otlp_http"]
         assert peer_cert(port, pki.client()) == pki.der("server.crt")
+        body = agent_push("rot-1", 0.9, "envoy-tls")
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=pki.client(), timeout=10)
+        conn.putrequest("POST", "/v1/metrics?cluster_id=envoy-tls")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        conn.send(body[:100])
+        for src, dst in (("server2.key", "tls.key"), ("server2.crt", "tls.crt")):
+            tmp = certs / f".{dst}.tmp"
+            tmp.write_bytes((pki.dir / src).read_bytes())
+            os.replace(tmp, certs / dst)
+        wait_for(lambda: peer_cert(port, pki.client()) == pki.der("server2.crt"), timeout=10, what="rotation")
+        conn.send(body[100:])
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        conn.close()
+        assert envoy.process.poll() is None
+        assert scrape(listen["metrics"])["ingero_fleet_total_pushes"] == 1
