@@ -8,24 +8,39 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
+import hashlib
+import http.client
+import http.server
 import json
 import re
 import shutil
+import socket
+import ssl
 import subprocess
+import tarfile
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from fleet import (ROOT, WASM, Envoy, Ports, agent_push, expected_threshold, fleet_envoy, push, render_envoy,
-                   scrape, threshold, wait_for)
+from fleet import (ENVOY, ROOT, WASM, Envoy, Ports, agent_push, expected_threshold, fleet_envoy, free_port, push,
+                   render_envoy, request, scrape, start_serving, threshold, wait_for)
 from frontdoors import Standalone
+from peers import Collector
 
 HELM = ROOT / ".tools/bin/helm"
 CHART = ROOT / "helm/ingero-fleet"
-K8S_VERSION = "1.30"  # the oldest schema kubernetes-validate ships that we claim; the chart needs >= 1.24
+CHART_WASM = CHART / "files/ingero_fleet_wasm.wasm"  # scripts/build copies the built module here
+SCHEMAS = ROOT / ".tools/schemas"  # CRD schemas, scripts/setup.d/30-schemas
+DIST = ROOT / "dist"
+# The chart's kubeVersion floor is 1.24 (the deployment guide's); kubernetes-validate 1.37.0 ships schemas from
+# 1.25 on, so the floor is checked at 1.25, and the newest at the newest it ships.
+K8S_VERSIONS = ("1.25", "1.37")
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 # The guide's commands (Option B, Custom Values, High Availability) and a default render.
 VALUE_SETS = {
@@ -89,23 +104,50 @@ def test_lint(name):
 
 
 def validate(manifests: list[dict]) -> list[str]:
-    """Checks every manifest against the Kubernetes schemas (unknown fields are errors); their kind/name."""
+    """Checks every manifest against the Kubernetes schemas (unknown fields are errors) of the chart's floor and
+    of the newest version, and custom resources against their CRD schemas; their kind/name."""
+    custom = [m for m in manifests if m["apiVersion"].split("/")[0] in CRD_GROUPS]
     for m in manifests:
-        try:
-            kubernetes_validate.validate(m, K8S_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            pytest.fail(f"{m['kind']}/{m['metadata']['name']}: {e.message} at {list(e.absolute_path)}")
+        if m in custom:
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(m, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{m['kind']}/{m['metadata']['name']} (Kubernetes {version}): {e.message} "
+                            f"at {list(e.absolute_path)}")
+    for result in validate_crds(custom):
+        assert result["error"] is None, f"{result['kind']}/{result['name']}: {result['error']}"
     return sorted(f"{m['kind']}/{m['metadata']['name']}" for m in manifests)
+
+
+CRD_GROUPS = {"monitoring.coreos.com", "gateway.networking.k8s.io", "networking.istio.io", "extensions.istio.io",
+              "security.istio.io"}
+
+
+def validate_crds(objects: list[dict]) -> list[dict]:
+    """Custom resources checked by tests/crd_validate.mjs against the CRD schemas of the @kubernetes-models
+    npm packages (prometheus-operator, gateway-api, istio); one {kind, name, error} per object."""
+    if not objects:
+        return []
+    assert (SCHEMAS / "node_modules/@kubernetes-models").is_dir(), \
+        f"{SCHEMAS} missing: run scripts/setup (scripts/setup.d/30-schemas)"
+    result = subprocess.run(["node", str(ROOT / "tests/crd_validate.mjs"), str(SCHEMAS)], input=json.dumps(objects),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+BASE = ["ConfigMap/ingero-fleet-envoy", "ConfigMap/ingero-fleet-wasm", "Pod/ingero-fleet-test-threshold",
+        "Service/ingero-fleet", "ServiceAccount/ingero-fleet", "StatefulSet/ingero-fleet"]
+LB = ["ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb", "PodDisruptionBudget/ingero-fleet",
+      "PodDisruptionBudget/ingero-fleet-lb"]
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_rendered_manifests_are_valid_kubernetes(name):
     kinds = validate(render(*VALUE_SETS[name]))
-    lb = ["ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb", "Service/ingero-fleet-lb",
-          "PodDisruptionBudget/ingero-fleet", "PodDisruptionBudget/ingero-fleet-lb"]
-    assert kinds == sorted(["ConfigMap/ingero-fleet-envoy", "ConfigMap/ingero-fleet-wasm",
-                            "Pod/ingero-fleet-test-threshold", "Service/ingero-fleet", "StatefulSet/ingero-fleet",
-                            *(lb if REPLICAS[name] > 1 else [])])
+    assert kinds == sorted([*BASE, "Service/ingero-fleet-lb", *(LB if REPLICAS[name] > 1 else [])])
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
@@ -115,6 +157,7 @@ def test_replicas_have_stable_names_and_a_hardened_pod(name):
     svc = find(manifests, "Service", "ingero-fleet")
     assert sts["spec"]["replicas"] == REPLICAS[name]
     assert sts["spec"]["serviceName"] == "ingero-fleet" and svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is False  # why: the comment in templates/service.yaml
     assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
     assert {p["port"] for p in svc["spec"]["ports"]} == {4318, 8080, 8888}
     pod = sts["spec"]["template"]["spec"]
@@ -125,14 +168,26 @@ def test_replicas_have_stable_names_and_a_hardened_pod(name):
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["readinessProbe"]["httpGet"]["path"] == "/metrics"
     assert container["livenessProbe"] and container["resources"]["limits"]["memory"]
-    # The mounted files are the rendered Envoy config and the built filter.
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert pod["serviceAccountName"] == "ingero-fleet" and pod["automountServiceAccountToken"] is False
+    # Soft spread over nodes by default; the grace period outlasts the server's 20 s drain and Envoy's.
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway" and spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    assert pod["terminationGracePeriodSeconds"] >= 20 + 5
     args = container["args"]
+    assert int(args[args.index("--drain-time-s") + 1]) < pod["terminationGracePeriodSeconds"]
+    # The mounted files are the rendered Envoy config and the module the chart carries.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert args[args.index("--config-path") + 1] == mounts["config"] + "/envoy.yaml"
     wasm_path = wasm_filters(envoy_config(manifests))[0]["vm_config"]["code"]["local"]["filename"]
     assert wasm_path == mounts["wasm"] + "/ingero_fleet_wasm.wasm"
     binary = find(manifests, "ConfigMap", "ingero-fleet-wasm")["binaryData"]["ingero_fleet_wasm.wasm"]
-    assert base64.b64decode(binary) == WASM.read_bytes()
+    assert base64.b64decode(binary) == CHART_WASM.read_bytes()
+
+
+def test_chart_carries_the_built_module():
+    """scripts/build copies the module into the chart as a file (helm package and copies of the chart need it)."""
+    assert not CHART_WASM.is_symlink() and CHART_WASM.read_bytes() == WASM.read_bytes()
 
 
 def test_existing_configmap_replaces_the_embedded_wasm():
@@ -142,36 +197,171 @@ def test_existing_configmap_replaces_the_embedded_wasm():
     assert {"name": "wasm", "configMap": {"name": "my-wasm"}} in volumes
 
 
-def test_release_fits_in_a_kubernetes_secret():
-    """Helm stores a release (chart files + manifest) gzipped and base64-encoded in a Secret (1 MiB max);
-    the .wasm is in it twice, so watch its size."""
-    files = {str(p.relative_to(CHART)): base64.b64encode(p.read_bytes()).decode()
-             for p in CHART.rglob("*") if p.is_file()}
-    release = json.dumps({"chart": files, "manifest": template(tuple(VALUE_SETS["guide-custom"]))}).encode()
-    stored = len(base64.b64encode(gzip.compress(release)))
-    assert stored < 900 * 1024, f"release would take {stored} bytes of the Secret's 1 MiB"
+# === a fresh checkout: no build ===
+
+def fresh_checkout(tmp: Path) -> Path:
+    """helm/ and envoy/ as a git checkout holds them (files/ links into envoy/), without the built module."""
+    shutil.copytree(CHART.parent, tmp / "helm", symlinks=True,
+                    ignore=lambda d, names: [n for n in names if n == "ingero_fleet_wasm.wasm"])
+    shutil.copytree(ROOT / "envoy", tmp / "envoy")
+    chart = tmp / "helm/ingero-fleet"
+    assert not (chart / "files/ingero_fleet_wasm.wasm").exists()
+    return chart
+
+
+SHA = hashlib.sha256(b"any").hexdigest()
+NO_BUILD = {
+    "standalone": ["--set", "standalone.enabled=true"],
+    "standalone-ha": ["--set", "standalone.enabled=true", "--set", "replicaCount=3"],
+    "existing-configmap": ["--set", "wasm.existingConfigMap=ingero-fleet-wasm"],
+    "existing-configmap-ha": ["--set", "wasm.existingConfigMap=ingero-fleet-wasm", *VALUE_SETS["guide-custom"]],
+    "url": ["--set", "wasm.url=https://example.com/releases/0.1.0/ingero_fleet_wasm.wasm", "--set", f"wasm.sha256={SHA}"],
+}
+
+
+@pytest.mark.parametrize("mode", NO_BUILD)
+def test_fresh_checkout_lints_and_renders_without_a_build(mode, tmp_path):
+    chart = fresh_checkout(tmp_path)
+    lint = helm("lint", "--strict", *NO_BUILD[mode], chart=chart)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    manifests = render(*NO_BUILD[mode], chart=chart)
+    validate(manifests)
+    assert not [m for m in manifests if m["metadata"]["name"] == "ingero-fleet-wasm"]
+
+
+@pytest.mark.parametrize("values", [[], VALUE_SETS["guide-ha"], ["--set", "wasm.sha256=" + SHA]])
+def test_fresh_checkout_needing_the_module_fails_with_one_clear_message(values, tmp_path):
+    chart = fresh_checkout(tmp_path)
+    for command in ("lint", "template"):
+        result = helm(command, *(["--strict"] if command == "lint" else []), *values, chart=chart)
+        assert result.returncode != 0
+        output = result.stdout + result.stderr
+        assert "symlink" not in output
+        assert output.count("files/ingero_fleet_wasm.wasm is missing: run scripts/build first") == 1, output
+
+
+def test_url_mode_needs_its_digest():
+    result = helm("template", "--set", "wasm.url=https://example.com/m.wasm")
+    assert result.returncode != 0 and "wasm.sha256" in result.stderr, result.stderr
+
+
+# === the release Helm stores ===
+
+def packaged_chart(tmp: Path) -> Path:
+    """The packaged chart: dist/ingero-fleet-<version>.tgz from scripts/release when it is there, else the same
+    packaging (a copy of the chart with the built module, `helm package`) done here; both are cheap to read."""
+    built = sorted(DIST.glob("ingero-fleet-*.tgz"))
+    if built:
+        return built[-1]
+    copy = tmp / "src/ingero-fleet"
+    shutil.copytree(CHART, copy)  # follows the links into envoy/; files/ holds the module scripts/build copied
+    result = subprocess.run([str(HELM), "package", str(copy), "-d", str(tmp / "pkg")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    (tgz,) = (tmp / "pkg").glob("*.tgz")
+    return tgz
+
+
+def stored_release_bytes(tgz: Path, manifest: str) -> int:
+    """What Helm writes into the release Secret's `release` key: the release as JSON (the chart's templates and
+    files as base64, as Go encodes []byte; values; the rendered manifest, hooks included), gzipped at Helm's
+    BestCompression, then base64. Rebuilt here from the packaged chart and `helm template`'s output, which
+    are what `helm install` reads and renders; the Secret's other fields are a few hundred bytes."""
+    with tarfile.open(tgz) as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    chart = {
+        "metadata": yaml.safe_load(files.pop("Chart.yaml")),
+        "templates": [{"name": k, "data": b64(v)} for k, v in sorted(files.items()) if k.startswith("templates/")],
+        "values": yaml.safe_load(files.pop("values.yaml")),
+        "schema": b64(files.pop("values.schema.json", b"")),
+        "files": [{"name": k, "data": b64(v)} for k, v in sorted(files.items()) if not k.startswith("templates/")],
+    }
+    release = json.dumps({"name": "ingero-fleet", "chart": chart, "manifest": manifest}).encode()
+    return len(base64.b64encode(gzip.compress(release, compresslevel=9)))
+
+
+def test_guide_release_fits_well_inside_a_kubernetes_secret(tmp_path):
+    """The guide's releases (Option B and Custom Values) stay under 60 % of the Secret's 1 MiB. In the default
+    mode the module is in the release twice: in the chart's files and in the rendered ConfigMap (Helm keeps
+    both); wasm.url and wasm.existingConfigMap keep it out."""
+    tgz = packaged_chart(tmp_path)
+    for values in (VALUE_SETS["guide-ha"], VALUE_SETS["guide-custom"]):
+        manifest = template(tuple(values), chart=tgz)
+        stored = stored_release_bytes(tgz, manifest)
+        module = len(CHART_WASM.read_bytes())
+        print(f"{values}: release {stored} bytes = {stored / 2**20:.1%} of 1 MiB (module {module} bytes)")
+        assert stored < 0.6 * 2**20, f"release takes {stored} bytes = {stored / 2**20:.1%} of 1 MiB"
+
+
+def test_packaged_chart_installs_alone(tmp_path):
+    """`helm template` from the .tgz alone in an empty folder: valid manifests, and the Envoy config with the
+    module taken from its rendered ConfigMap passes `envoy --mode validate` and serves a push and a threshold."""
+    tgz = packaged_chart(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    alone = empty / tgz.name
+    shutil.copy(tgz, alone)
+    result = subprocess.run([str(HELM), "template", "ingero-fleet", alone.name, "-n", "ingero",
+                             *VALUE_SETS["guide-ha"]], capture_output=True, text=True, timeout=60, cwd=empty)
+    assert result.returncode == 0, result.stderr
+    manifests = [d for d in yaml.safe_load_all(result.stdout) if d]
+    validate(manifests)
+    module = base64.b64decode(find(manifests, "ConfigMap", "ingero-fleet-wasm")["binaryData"]["ingero_fleet_wasm.wasm"])
+    assert module[:4] == b"\0asm"
+    (empty / "ingero_fleet_wasm.wasm").write_bytes(module)
+    config = envoy_config(manifests)
+    for f in wasm_filters(config):
+        f["vm_config"]["code"]["local"]["filename"] = str(empty / "ingero_fleet_wasm.wasm")
+    envoy_validate(config, empty)
+    serve_push_and_threshold(config, module_path=empty / "ingero_fleet_wasm.wasm")
+
+
+def envoy_validate(config: dict, tmp: Path) -> None:
+    path = tmp / "validate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path), "-l", "error"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "OK" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def serve_push_and_threshold(rendered: dict, module_path: Path | None = None) -> None:
+    """The config on loopback: pushes of seven nodes answered 200, then the cluster's threshold published."""
+    envoy, ports = loopback(rendered, concurrency=1)
+    if module_path:
+        for listener in envoy.config["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for f in chain["filters"]:
+                    for hf in f["typed_config"].get("http_filters", []):
+                        if hf["name"] == "envoy.filters.http.wasm":
+                            hf["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(module_path)
+    with envoy:
+        for i, score in enumerate([0.95, 0.93, 0.9, 0.91, 0.6, 0.88, 0.94]):
+            assert push(ports.push, "c", agent_push(f"n{i}", score, cluster="c")).status == 200
+        assert threshold(ports.api, "c").status == 200
 
 
 @pytest.mark.parametrize("name", ["guide-ha", "three-replicas"])
 def test_more_than_one_replica_gets_the_ring_hash_front(name):
     manifests = render(*VALUE_SETS[name])
     lb = envoy_config(manifests, "ingero-fleet-lb")
-    (cluster,) = lb["static_resources"]["clusters"]
-    assert cluster["lb_policy"] == "RING_HASH" and cluster["ring_hash_lb_config"]["minimum_ring_size"] == 1024
-    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-    assert [e["endpoint"]["address"]["socket_address"]["address"] for e in endpoints] == \
-        [f"ingero-fleet-{i}.ingero-fleet.ingero.svc.cluster.local" for i in range(REPLICAS[name])]
-    assert [e["metadata"]["filter_metadata"]["envoy.lb"]["hash_key"] for e in endpoints] == \
-        [f"ingero-fleet-{i}" for i in range(REPLICAS[name])]
-    for listener in lb["static_resources"]["listeners"]:
-        route = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-        assert route["virtual_hosts"][0]["routes"][0]["route"]["hash_policy"] == \
-            [{"query_parameter": {"name": "cluster_id"}}]
-    # Everything but the endpoints is envoy/front-lb.yaml as committed (and tested in test_pinning.py).
+    ports = {"ingero_fleet": 4318, "ingero_fleet_api": 8080}  # each ring's replica port
+    assert {c["name"] for c in lb["static_resources"]["clusters"]} == set(ports)
+    for cluster in lb["static_resources"]["clusters"]:
+        assert cluster["lb_policy"] == "RING_HASH" and cluster["ring_hash_lb_config"]["minimum_ring_size"] == 1024
+        endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert [e["endpoint"]["address"]["socket_address"] for e in endpoints] == \
+            [{"address": f"ingero-fleet-{i}.ingero-fleet.ingero.svc.cluster.local", "port_value": ports[cluster["name"]]}
+             for i in range(REPLICAS[name])]
+        assert [e["metadata"]["filter_metadata"]["envoy.lb"]["hash_key"] for e in endpoints] == \
+            [f"ingero-fleet-{i}" for i in range(REPLICAS[name])]
+    # Everything but the endpoints and the chart's Envoy settings is envoy/front-lb.yaml as committed (and
+    # tested in test_pinning.py).
     reference = yaml.safe_load((ROOT / "envoy/front-lb.yaml").read_text())
     for config in (lb, reference):
-        del config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"]
-    assert lb == reference
+        for cluster in config["static_resources"]["clusters"]:
+            del cluster["load_assignment"]["endpoints"]
+    assert without_chart_settings(lb) == without_chart_settings(reference)
     service = find(manifests, "Service", "ingero-fleet-lb")
     assert {p["port"] for p in service["spec"]["ports"]} == {4318, 8080}
 
@@ -251,10 +441,16 @@ def test_notes_print_the_guide_verify_commands():
     for line in ["kubectl get pods -n ingero",
                  "kubectl port-forward -n ingero svc/ingero-fleet 8080:8080",
                  "curl http://localhost:8080/api/v1/threshold?cluster_id=your-cluster",
+                 # verification through the hash front, never around it
+                 "kubectl port-forward -n ingero svc/ingero-fleet-lb 4318:4318",
                  'curl -s "http://localhost:4318/v1/metrics?cluster_id=test-hash"',
-                 "http://ingero-fleet-lb.ingero.svc:4318"]:
+                 "endpoint: http://ingero-fleet-lb.ingero.svc:4318"]:
         assert line in notes, f"{line!r} missing from NOTES:\n{notes}"
-    assert "ingero-fleet-lb" not in render_notes()
+    assert "port-forward -n ingero svc/ingero-fleet 4318" not in notes
+    tls = render_notes("--set", "tls.enabled=true", "--set", "tls.secretName=fleet-tls",
+                       "--set", "tls.clientCA.secretName=agents-ca")
+    assert "endpoint: https://ingero-fleet-lb.ingero.svc:4318" in tls and "--cert agent.crt" in tls
+    assert "there is no entry Service" in render_notes("--set", "replicaCount=2", "--set", "lb.enabled=false")
 
 
 # === the rendered configuration, run for real ===
@@ -264,12 +460,60 @@ def loopback(rendered: dict, concurrency: int = 2) -> tuple[Envoy, Ports]:
     return fleet_envoy(plugin_config(rendered), concurrency, template=rendered)
 
 
+def without_chart_settings(config: dict) -> dict:
+    """A copy without the node identity the chart adds (hardenEnvoy in _helpers.tpl); its `envoy.*` defaults
+    are the files' own numbers, so nothing else differs."""
+    config = json.loads(json.dumps(config))
+    config.pop("node", None)
+    return config
+
+
 def test_chart_envoy_config_is_the_tested_one():
-    """Apart from ports, paths and the plugin configuration, the chart runs envoy/envoy.yaml as is."""
+    """Apart from ports, paths, the plugin configuration and a node identity, the chart runs envoy/envoy.yaml as
+    is: the chart's `envoy.*` defaults are the file's numbers (a change to either shows here)."""
     rendered = envoy_config(render(*VALUE_SETS["guide-custom"]))
     chart, ports = loopback(rendered)
     by_listener = {"otlp_http": ports.push, "api": ports.api, "metrics": ports.metrics}
-    assert chart.config == render_envoy(plugin_config(rendered), by_listener, chart.admin_port)
+    assert without_chart_settings(chart.config) == \
+        without_chart_settings(render_envoy(plugin_config(rendered), by_listener, chart.admin_port))
+
+
+def test_chart_envoy_settings_bound_memory_and_time():
+    """Overload manager (heap and downstream connections), HTTP/2 stream cap, timeouts sized to the agent's 5 s,
+    access log, on the replicas and on the hash front; the result passes `envoy --mode validate`."""
+    manifests = render(*VALUE_SETS["guide-ha"], "--set", "envoy.maxHeapBytes=300000000")
+    for name, heap in (("ingero-fleet-envoy", 300000000), ("ingero-fleet-lb", 201326592)):
+        config = envoy_config(manifests, name)
+        monitors = {m["name"]: m["typed_config"] for m in config["overload_manager"]["resource_monitors"]}
+        assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == heap
+        assert monitors["envoy.resource_monitors.global_downstream_max_connections"][
+            "max_active_downstream_connections"] == 10000
+        actions = {a["name"] for a in config["overload_manager"]["actions"]}
+        assert {"envoy.overload_actions.reset_high_memory_stream",
+                "envoy.overload_actions.stop_accepting_requests"} <= actions
+        for listener in config["static_resources"]["listeners"]:
+            hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            assert hcm["request_headers_timeout"] == "5s" and hcm["stream_idle_timeout"] == "5s"
+            assert hcm["request_timeout"] == "10s"
+            assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 16
+            assert hcm["access_log"][0]["name"] == "envoy.access_loggers.stdout"
+    tmp = Path(tempfile.mkdtemp(prefix="chart-validate-"))
+    try:
+        config = envoy_config(manifests)
+        for f in wasm_filters(config):
+            f["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        envoy_validate(config, tmp)
+        envoy_validate(envoy_config(manifests, "ingero-fleet-lb"), tmp)
+    finally:
+        shutil.rmtree(tmp)
+
+
+def test_chart_envoy_writes_an_access_log_line_per_request():
+    envoy, ports = loopback(envoy_config(render()), concurrency=1)
+    envoy.log_level = "info"
+    with envoy:
+        assert push(ports.push, "c", agent_push("n0", 0.9, cluster="c")).status == 200
+        wait_for(lambda: '"POST /v1/metrics?cluster_id=c HTTP/1.1" 200' in envoy.log(), what="an access log line")
 
 
 def test_chart_envoy_config_runs_with_the_guide_values():
@@ -312,14 +556,14 @@ def test_helm_test_hook_queries_the_threshold_api():
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
     (container,) = hook["spec"]["containers"]
     command = container["command"] + container["args"]
-    assert command[:2] == ["sh", "-c"] and "http://ingero-fleet:8080/api/v1/threshold" in command[2]
+    assert command[:2] == ["sh", "-c"] and "http://ingero-fleet-lb:8080/api/v1/threshold" in command[2]
     envoy, ports = loopback(envoy_config(manifests), concurrency=1)
     with envoy:
-        script = command[2].replace("http://ingero-fleet:8080", f"http://127.0.0.1:{ports.api}")
+        script = command[2].replace("http://ingero-fleet-lb:8080", f"http://127.0.0.1:{ports.api}")
         result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == {"threshold": 0, "quorum_met": False}
-    # With a front load balancer the hook goes through it, as agents do.
+    # With a front load balancer the hook goes through it too, as agents do.
     ha = find(render(*VALUE_SETS["guide-ha"]), "Pod", "ingero-fleet-test-threshold")
     assert "http://ingero-fleet-lb:8080/api/v1/threshold" in ha["spec"]["containers"][0]["args"][0]
 
@@ -336,12 +580,12 @@ def test_standalone_mode_runs_the_server_with_grpc():
         "ConfigMap/ingero-fleet-config", "ConfigMap/ingero-fleet-lb", "Deployment/ingero-fleet-lb",
         "PodDisruptionBudget/ingero-fleet", "PodDisruptionBudget/ingero-fleet-lb",
         "Pod/ingero-fleet-test-threshold", "Service/ingero-fleet", "Service/ingero-fleet-lb",
-        "StatefulSet/ingero-fleet"])
+        "ServiceAccount/ingero-fleet", "StatefulSet/ingero-fleet"])
     ports = {p["name"]: p["port"] for p in find(manifests, "Service", "ingero-fleet")["spec"]["ports"]}
     assert ports == {"http-otlp": 4318, "grpc-otlp": 4317, "http-api": 8080, "http-metrics": 8888}
     pod = find(manifests, "StatefulSet", "ingero-fleet")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == "ghcr.io/ingero-io/ingero-fleet:latest"
+    assert container["image"] == f"ghcr.io/ingero-fleet-envoy/ingero-fleet-server:{APP_VERSION}"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert [v["name"] for v in pod["volumes"]] == ["config", "tmp"]
