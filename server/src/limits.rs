@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Per-port limits, from the `limits` section. The defaults are sized to the
 /// agent's 5 s push timeout: a request the agent has given up on is not worth
-/// a connection, and an idle agent connection is kept across two 10 s pushes.
+/// a connection, and an idle agent connection is kept across several 10 s pushes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Time from accept (or from the end of the previous request) to a complete
@@ -29,8 +29,8 @@ pub struct Limits {
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// `limits.body_timeout` default: twice the agent's push timeout.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// `limits.idle_timeout` default: above the default 10 s push interval with margin.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `limits.idle_timeout` default: several 10 s push intervals, as in the shipped Envoy configs.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -41,7 +41,8 @@ impl Default for Limits {
             max_connections: 4096,
             // Bounds body memory per port at max_in_flight × max_body_bytes (128 × 4 MiB).
             max_in_flight: 128,
-            max_concurrent_streams: 100,
+            // As in the shipped Envoy configs: one HTTP/2 connection buffers at most 16 bodies.
+            max_concurrent_streams: 16,
         }
     }
 }
