@@ -18,7 +18,7 @@ import time
 import pytest
 import yaml
 
-from fleet import ROOT, agent_push, push, request, wait_for
+from fleet import ROOT, agent_push, push, request, scrape, wait_for
 from frontdoors import SERVER, Standalone
 
 DEBUG_FLEET = {"log": {"level": "info,ingero_fleet=debug"}}
@@ -195,6 +195,13 @@ def test_connection_cap_and_header_body_and_in_flight_limits():
             assert b"limits.body_timeout" in answer
             s.close()
         assert push(p["otlp_http"], "c", body).status == 200
+        # The same counts, cumulative, on /metrics.
+        samples = scrape(p["metrics"])
+        cut = 'ingero_fleet_server_cut_total{port="otlp_http",reason="%s"}'
+        assert samples[cut % "max_connections"] == 20
+        assert samples[cut % "header_read_timeout"] == 1
+        assert samples[cut % "body_timeout"] == 2
+        assert samples[cut % "max_in_flight"] >= 1
         log = stop(server)
     # The warning summaries (every 10 s and at shutdown) count each limit hit, by port.
     counts: dict[str, int] = {}

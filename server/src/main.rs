@@ -150,7 +150,7 @@ async fn serve(state: Arc<State>, mut reloader: reload::Reloader) -> Result<(), 
         ("listen.otlp_http", otlp_http, router(), tls.clone(), false),
         ("listen.otlp_grpc", otlp_grpc, serve::grpc_handler(grpc::service(state.clone())), tls.clone(), true),
         ("listen.api", api, router(), tls.clone().filter(|_| tls_api), false),
-        ("listen.metrics", metrics, router(), None, false),
+        ("listen.metrics", metrics, serve::with_server_metrics(router()), None, false),
     ];
     let mut bound = Vec::new();
     for (key, addr, handler, tls, grpc) in ports {

@@ -43,9 +43,25 @@ pub fn note(head: &RequestHead<'_>, answer: Answer) -> Reply {
     answer.reply
 }
 
-/// Counts a connection or request the server closed or refused on `port`, for the summary.
+/// Connections and requests cut by (port, reason) since start, for `/metrics`.
+static CONNECTIONS_TOTAL: Mutex<BTreeMap<(&'static str, &'static str), u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts a connection or request the server closed or refused on `port`, for the summary and `/metrics`.
 pub fn connection(port: &'static str, reason: &'static str) {
     *lock(&CONNECTIONS).entry((port, reason)).or_default() += 1;
+    *lock(&CONNECTIONS_TOTAL).entry((port, reason)).or_default() += 1;
+}
+
+/// This server's own counters in the Prometheus text format, appended to the core's `/metrics`.
+pub fn metrics() -> String {
+    let mut out = String::from(
+        "# HELP ingero_fleet_server_cut_total Connections or requests the standalone server cut or refused, by port and limit.\n\
+         # TYPE ingero_fleet_server_cut_total counter\n",
+    );
+    for ((port, reason), n) in lock(&CONNECTIONS_TOTAL).iter() {
+        let _ = writeln!(out, "ingero_fleet_server_cut_total{{port=\"{port}\",reason=\"{reason}\"}} {n}");
+    }
+    out
 }
 
 /// Writes the summary every [`SUMMARY_PERIOD`] until shutdown, and once more at the end.

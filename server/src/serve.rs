@@ -15,7 +15,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -83,6 +82,32 @@ where
     })
 }
 
+/// The metrics port's handler: the core's `/metrics` text plus this server's own
+/// counters (connections and requests cut by the limits above).
+pub fn with_server_metrics(inner: Handler) -> Handler {
+    Arc::new(move |request: Request<Incoming>| {
+        let scrape = request.method() == axum::http::Method::GET && request.uri().path() == "/metrics";
+        let response = inner(request);
+        Box::pin(async move {
+            let response = response.await;
+            if !scrape || response.status() != StatusCode::OK {
+                return response;
+            }
+            let (parts, body) = response.into_parts();
+            match axum::body::to_bytes(body, usize::MAX).await {
+                Ok(text) => {
+                    let mut text = text.to_vec();
+                    text.extend_from_slice(refusals::metrics().as_bytes());
+                    let mut parts = parts;
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    Response::from_parts(parts, Body::from(text))
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics not rendered: {e}")),
+            }
+        })
+    })
+}
+
 /// What every connection of a port shares.
 struct Shared {
     name: &'static str,
@@ -118,7 +143,7 @@ pub async fn run(port: Port, limits: Limits, stop: watch::Receiver<bool>) -> std
                     continue;
                 };
                 let span = tracing::debug_span!("conn", port = name, %peer);
-                let task = connection(shared.clone(), tcp, peer, stop.clone());
+                let task = connection(shared.clone(), tcp, stop.clone());
                 tasks.spawn(
                     async move {
                         task.await;
@@ -141,7 +166,7 @@ pub async fn run(port: Port, limits: Limits, stop: watch::Receiver<bool>) -> std
 }
 
 /// One accepted connection: TLS first where configured, then HTTP.
-async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, stop: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
     let Some(tls) = shared.tls.clone() else {
         return serve_http(shared, TokioIo::new(tcp), stop).await;
@@ -151,7 +176,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, stop:
     match tokio::time::timeout(deadline, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if tls::looks_like_tls(first[0]) => {}
         Ok(Ok(1)) => {
-            tracing::debug!(%peer, "plain HTTP on a TLS port: refused");
+            tracing::debug!("plain HTTP on a TLS port: refused");
             refusals::connection(shared.name, "plain_http_on_tls_port");
             let mut tcp = tcp;
             let _ = tcp.write_all(tls::PLAIN_HTTP_REFUSAL).await;
@@ -167,11 +192,11 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, stop:
     match tokio::time::timeout(deadline, tls.acceptor().accept(tcp)).await {
         Ok(Ok(stream)) => serve_http(shared, TokioIo::new(stream), stop).await,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            tracing::debug!("TLS handshake failed: {e}");
             refusals::connection(shared.name, "tls_handshake_failed");
         }
         Err(_) => {
-            tracing::debug!(%peer, "TLS handshake not finished within limits.header_read_timeout");
+            tracing::debug!("TLS handshake not finished within limits.header_read_timeout");
             refusals::connection(shared.name, "header_read_timeout");
         }
     }
