@@ -111,9 +111,11 @@ fn limits_section(check: &mut Check, section: Option<&Value>) -> Limits {
     let keys = [
         "header_read_timeout",
         "body_timeout",
+        "body_stall_timeout",
         "idle_timeout",
         "max_connections",
         "max_in_flight",
+        "max_buffered_bytes",
         "max_concurrent_streams",
     ];
     let Some(map) = check.section("limits", section, &keys) else {
@@ -123,9 +125,11 @@ fn limits_section(check: &mut Check, section: Option<&Value>) -> Limits {
     Limits {
         header_read_timeout: check.duration(map, "limits.header_read_timeout", d.header_read_timeout, short, long),
         body_timeout: check.duration(map, "limits.body_timeout", d.body_timeout, short, long),
+        body_stall_timeout: check.duration(map, "limits.body_stall_timeout", d.body_stall_timeout, short, long),
         idle_timeout: check.duration(map, "limits.idle_timeout", d.idle_timeout, short, long),
         max_connections: check.int(map, "limits.max_connections", d.max_connections, 1, 1_000_000),
         max_in_flight: check.int(map, "limits.max_in_flight", d.max_in_flight, 1, 100_000),
+        max_buffered_bytes: check.int(map, "limits.max_buffered_bytes", d.max_buffered_bytes, 1 << 20, 64 << 30),
         max_concurrent_streams: check.int(map, "limits.max_concurrent_streams", d.max_concurrent_streams, 1, 10_000),
     }
 }

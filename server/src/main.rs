@@ -3,6 +3,7 @@
 //! Prometheus self-metrics, probes, and a graceful SIGTERM.
 #![forbid(unsafe_code)]
 
+mod body;
 mod config;
 mod error;
 mod grpc;

@@ -4,6 +4,7 @@
 //! port (OTLP/HTTP, OTLP/gRPC, API, metrics) goes through here, so each limit
 //! is written once.
 
+use crate::body::{self, Cut, CutFlag, Guarded};
 use crate::limits::Limits;
 use crate::refusals;
 use crate::shutdown;
@@ -27,7 +28,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 /// A request handler: the router of an HTTP port or the gRPC service.
-pub type Handler = Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+pub type Handler = Arc<dyn Fn(Request<Body>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
 
 /// After an idle connection is asked to close, how long it gets before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -50,10 +51,10 @@ pub struct Port {
 
 /// An HTTP port's handler: an axum router.
 pub fn http_handler(router: axum::Router) -> Handler {
-    Arc::new(move |request: Request<Incoming>| {
+    Arc::new(move |request: Request<Body>| {
         let router = router.clone();
         Box::pin(async move {
-            match router.oneshot(request.map(Body::new)).await {
+            match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             }
@@ -71,7 +72,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    Arc::new(move |request: Request<Incoming>| {
+    Arc::new(move |request: Request<Body>| {
         let service = service.clone();
         Box::pin(async move {
             match service.oneshot(request.map(tonic::body::Body::new)).await {
@@ -85,7 +86,7 @@ where
 /// The metrics port's handler: the core's `/metrics` text plus this server's own
 /// counters (connections and requests cut by the limits above).
 pub fn with_server_metrics(inner: Handler) -> Handler {
-    Arc::new(move |request: Request<Incoming>| {
+    Arc::new(move |request: Request<Body>| {
         let scrape = request.method() == axum::http::Method::GET && request.uri().path() == "/metrics";
         let response = inner(request);
         Box::pin(async move {
@@ -116,6 +117,8 @@ struct Shared {
     grpc: bool,
     limits: Limits,
     in_flight: Arc<Semaphore>,
+    /// Request body bytes this port may hold, in [`body::UNIT`]s.
+    buffered: Arc<Semaphore>,
     http: auto::Builder<SpanExecutor>,
 }
 
@@ -126,7 +129,8 @@ pub async fn run(port: Port, limits: Limits, stop: watch::Receiver<bool>) -> std
     http.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     http.http2().timer(TokioTimer::new()).max_concurrent_streams(limits.max_concurrent_streams);
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
-    let shared = Arc::new(Shared { name, handler, tls, grpc, limits, in_flight, http });
+    let buffered = Arc::new(Semaphore::new(limits.max_buffered_bytes / body::UNIT));
+    let shared = Arc::new(Shared { name, handler, tls, grpc, limits, in_flight, buffered, http });
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut tasks = JoinSet::new();
     loop {
@@ -256,37 +260,50 @@ async fn sleep_until(when: Option<Instant>) {
     }
 }
 
-/// One request: counted against the port's in-flight cap and cut at the body timeout.
+/// One request: counted against the port's in-flight cap, its body charged to the
+/// port's buffer budget and watched for stalls, and cut at the body timeout.
 async fn answer(shared: &Shared, activity: &Activity, request: Request<Incoming>) -> Response<Body> {
     let _busy = activity.begin();
     let Ok(_permit) = shared.in_flight.clone().try_acquire_owned() else {
         tracing::debug!(path = request.uri().path(), "request refused: limits.max_in_flight reached");
         refusals::connection(shared.name, "max_in_flight");
-        return busy(shared);
+        return busy(shared, "too many requests in flight on this port (limits.max_in_flight)");
     };
-    match tokio::time::timeout(shared.limits.body_timeout, (shared.handler)(request)).await {
-        Ok(response) => response,
-        Err(_) => {
+    let cut = Arc::new(CutFlag::default());
+    let stall = shared.limits.body_stall_timeout;
+    let request = request.map(|b| Body::new(Guarded::new(b, shared.buffered.clone(), stall, cut.clone())));
+    let response = tokio::time::timeout(shared.limits.body_timeout, (shared.handler)(request)).await;
+    match (response, cut.get()) {
+        (_, Some(Cut::Budget)) => {
+            tracing::debug!("request refused: limits.max_buffered_bytes reached");
+            refusals::connection(shared.name, "max_buffered_bytes");
+            busy(shared, "this port holds too many request bytes at once (limits.max_buffered_bytes)")
+        }
+        (_, Some(Cut::Stalled)) => {
+            tracing::debug!("request body stalled for {stall:?}: cut");
+            refusals::connection(shared.name, "body_stall_timeout");
+            timed_out(shared, format!("request body stalled for {stall:?} (limits.body_stall_timeout)"))
+        }
+        (Ok(response), None) => response,
+        (Err(_), None) => {
             tracing::debug!("request not complete within limits.body_timeout: cut");
             refusals::connection(shared.name, "body_timeout");
-            timed_out(shared)
+            let limit = shared.limits.body_timeout;
+            timed_out(shared, format!("request not received within {limit:?} (limits.body_timeout)"))
         }
     }
 }
 
-fn busy(shared: &Shared) -> Response<Body> {
-    let message =
-        format!("too many requests in flight on this port (limits.max_in_flight = {})", shared.limits.max_in_flight);
+fn busy(shared: &Shared, message: &str) -> Response<Body> {
     if shared.grpc {
         return tonic::Status::unavailable(message).into_http::<Body>();
     }
-    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, message);
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, message.to_owned());
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
-fn timed_out(shared: &Shared) -> Response<Body> {
-    let message = format!("request not received within limits.body_timeout = {:?}", shared.limits.body_timeout);
+fn timed_out(shared: &Shared, message: String) -> Response<Body> {
     if shared.grpc {
         return tonic::Status::deadline_exceeded(message).into_http::<Body>();
     }
