@@ -12,6 +12,7 @@ import resource
 import select
 import signal
 import socket
+import statistics
 import subprocess
 import time
 
@@ -253,3 +254,64 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_limit_at_start():
     with LowFileLimit() as server:
         assert open_file_limits(server.process.pid) == (hard, hard)
         assert "raised the open file limit to the hard limit" in server.log()
+
+
+def test_legit_traffic_and_memory_hold_under_idle_slow_and_stalled_h2_connections():
+    """Issue 16 on the standalone server with its default limits: the same attack
+    as tests/test_overload.py runs against Envoy (700 idle and 300 slow HTTP/1.1
+    connections, one h2c connection opening 300 stalled uploads)."""
+    from test_overload import H2_STREAMS, IDLE, MAX_STREAMS, RSS_GROWTH_BOUND, SLOW, StalledH2, legit_latencies, \
+        p99, rss, slow_upload
+    raise_own_file_limit()
+    with Standalone({"push_interval": "1s", "ttl_multiplier": 30}) as server:
+        door, pid = server.door, server.process.pid
+        for i in range(14):
+            assert push(door.push, "legit", agent_push(f"legit-{i}", 0.9, cluster="legit")).status == 200
+        wait_for(lambda: request(door.api, "GET", "/api/v1/threshold?cluster_id=legit").json()["quorum_met"],
+                 what="quorum in legit")
+        legit_latencies(door, "warm-up")
+        baseline = legit_latencies(door, "baseline")
+        idle_rss = rss(pid)
+        idle = open_idle(door.push, IDLE)
+        slow = [slow_upload(door.push) for _ in range(SLOW)]
+        stalled = StalledH2(door.push)
+        stalled.pump(1.0)
+        try:
+            legit_latencies(door, "settling")
+            attacked = legit_latencies(door, "under attack")
+            stalled.pump(0.5)
+            attack_rss = rss(pid)
+            print(f"\nstandalone: median {statistics.median(baseline) * 1e3:.2f} -> "
+                  f"{statistics.median(attacked) * 1e3:.2f} ms, p99 {p99(baseline) * 1e3:.2f} -> "
+                  f"{p99(attacked) * 1e3:.2f} ms, RSS {idle_rss >> 20} -> {attack_rss >> 20} MiB, "
+                  f"h2 streams refused {len(stalled.refused)} of {H2_STREAMS}")
+            # The same bounds as for Envoy (tests/test_overload.py explains the floors).
+            assert statistics.median(attacked) <= 2 * statistics.median(baseline) + 0.001
+            assert p99(attacked) <= max(2 * p99(baseline), 0.020), (p99(baseline), p99(attacked))
+            assert H2_STREAMS - len(stalled.refused) <= MAX_STREAMS
+            assert attack_rss - idle_rss < RSS_GROWTH_BOUND, f"RSS grew {(attack_rss - idle_rss) >> 20} MiB"
+            # limits.body_stall_timeout (5 s): every stalled upload is answered 408, or reset.
+            assert closed_or_408(slow, within=12) == SLOW
+            wait_for(lambda: stalled.pump(0.25) or not stalled.sent, timeout=10,
+                     what="the stalled h2 streams to be answered or reset")
+        finally:
+            for s in idle + slow + [stalled.sock]:
+                s.close()
+        assert server.process.poll() is None
+
+
+def closed_or_408(conns: list[socket.socket], within: float) -> int:
+    pending = list(conns)
+    done = 0
+    deadline = time.monotonic() + within
+    while pending and time.monotonic() < deadline:
+        readable, _, _ = select.select(pending[:1000], [], [], 0.2)
+        for s in readable:
+            try:
+                data = s.recv(64)
+            except OSError:
+                data = b""
+            if data == b"" or data.startswith(b"HTTP/1.1 408"):
+                done += 1
+                pending.remove(s)
+    return done
