@@ -140,7 +140,7 @@ def plain_http(port: int) -> tuple[int, bytes]:
 # === the standalone server ===
 
 def test_mtls_on_the_standalone_push_ports(pki):
-    with Standalone(tls_config(pki)) as server:
+    with Standalone(tls_config(pki) | {"log": {"level": "info,ingero_fleet=debug"}}) as server:
         p = server.ports
         # The agent's certificate is accepted: a push stores the node.
         assert https_push(p["otlp_http"], pki.client(), "n1")[0] == 200
@@ -157,6 +157,10 @@ def test_mtls_on_the_standalone_push_ports(pki):
         assert scrape(p["metrics"])["ingero_fleet_total_pushes"] == 1
         log = server.log()
     assert "TLS on" in log and "client_certificates" in log
+    # The server says why each handshake failed.
+    assert "TLS handshake failed: invalid peer certificate: UnknownIssuer" in log, log
+    assert "TLS handshake failed: peer sent no certificates" in log, log
+    assert "plain HTTP on a TLS port: refused" in log
 
 
 def test_server_only_tls_and_tls_on_the_api(pki):
