@@ -1,14 +1,17 @@
-"""Envoy + the wasm filter under connection and stream exhaustion (issue 16),
-with envoy/envoy.yaml's limits as shipped: while 1 000 idle or slow HTTP/1.1
-connections and one h2c connection with hundreds of stalled uploads are open,
-legit pushes and threshold queries keep their latency (within 2x of an idle
-baseline measured in the same test), the h2c connection gets at most
-max_concurrent_streams streams, Envoy's resident memory stays under a stated
-bound, and the stalled uploads are cut by the stream idle timeout.
-docs/limits-envoy.md explains the numbers. Loopback only, a few seconds."""
+"""Envoy + the wasm filter or the dynamic module under connection and stream
+exhaustion (issue 16), with envoy/envoy.yaml's (envoy-dynamic.yaml's) limits
+as shipped: while 1 000 idle or slow HTTP/1.1 connections and one h2c
+connection with hundreds of stalled uploads are open, legit pushes and
+threshold queries keep their latency (within 2x of an idle baseline measured
+in the same test), the h2c connection gets at most max_concurrent_streams
+streams, Envoy's resident memory stays under a stated bound, and the stalled
+uploads are cut by the stream idle timeout. Stalled uploads cannot grow the
+heap much past the overload manager's limit. docs/limits-envoy.md explains
+the numbers. Loopback only, a few seconds each."""
 
 from __future__ import annotations
 
+import json
 import socket
 import statistics
 import time
@@ -19,7 +22,8 @@ import h2.errors
 import h2.events
 import pytest
 
-from fleet import agent_push, fleet_envoy, push, threshold, wait_for
+from dynamic import dynamic_envoy
+from fleet import Envoy, agent_push, fleet_envoy, free_port, push, render_envoy, request, threshold, wait_for
 
 IDLE, SLOW = 700, 300           # 1 000 HTTP/1.1 connections
 H2_STREAMS = 300                # stalled uploads tried on one h2c connection
@@ -113,9 +117,11 @@ class StalledH2:
             self.sock.sendall(self.conn.data_to_send())
 
 
-@pytest.fixture(scope="module")
-def fleet():
-    envoy, ports = fleet_envoy({"push_interval": "1s", "ttl_multiplier": 30}, concurrency=2)
+@pytest.fixture(scope="module", params=["filter", "dynamic"])
+def fleet(request):
+    """Envoy with the wasm filter (envoy.yaml) or the dynamic module (envoy-dynamic.yaml), as shipped."""
+    start = fleet_envoy if request.param == "filter" else dynamic_envoy
+    envoy, ports = start({"push_interval": "1s", "ttl_multiplier": 30}, concurrency=2)
     with envoy:
         for i in range(14):
             assert push(ports.push, "legit", agent_push(f"legit-{i}", 0.9, cluster="legit")).status == 200
@@ -175,3 +181,53 @@ def test_legit_traffic_and_memory_hold_under_idle_slow_and_stalled_h2_connection
     finally:
         for s in idle + slow + [stalled.sock]:
             s.close()
+
+
+# === the heap limit: N stalled uploads cannot grow the heap past it ===
+
+HEAP_LIMIT = 128 << 20          # envoy.yaml's fixed_heap limit, lowered so the test stays small
+UPLOADS = 250                   # stalled HTTP/1.1 uploads of 1 MiB each: 250 MiB if nothing stopped them
+# The overload manager samples the heap every 0.1 s, and uploads arrive faster than
+# that on loopback, so the heap may overshoot the limit by what arrives in between.
+HEAP_BOUND = HEAP_LIMIT * 3 // 2
+
+
+def heap_in_use(envoy) -> int:
+    """What the fixed_heap monitor measures: tcmalloc's heap less its free and unmapped pages."""
+    m = json.loads(request(envoy.admin_port, "GET", "/memory").body)
+    return int(m["heap_size"]) - int(m["pageheap_free"]) - int(m["pageheap_unmapped"])
+
+
+def test_stalled_uploads_cannot_grow_the_heap_past_the_overload_limit():
+    config = render_envoy({}, {"otlp_http": free_port(), "api": free_port(), "metrics": free_port()}, free_port())
+    heap = next(m for m in config["overload_manager"]["resource_monitors"]
+                if m["name"] == "envoy.resource_monitors.fixed_heap")
+    heap["typed_config"]["max_heap_size_bytes"] = HEAP_LIMIT
+    push_port = next(x for x in config["static_resources"]["listeners"] if x["name"] == "otlp_http")[
+        "address"]["socket_address"]["port_value"]
+    with Envoy(config, concurrency=2) as envoy:
+        peak, overloaded, uploads = 0, False, []
+        try:
+            for i in range(UPLOADS):
+                s = socket.create_connection(("127.0.0.1", push_port))
+                s.settimeout(0.5)
+                uploads.append(s)
+                try:  # a refused or paused connection may not take it all
+                    s.sendall((f"POST /v1/metrics?cluster_id=slow HTTP/1.1\r\nHost: fleet\r\n"
+                               f"Content-Type: application/json\r\nContent-Length: {DECLARED}\r\n\r\n").encode()
+                              + b" " * (1 << 20))
+                except OSError:
+                    pass
+                if i % 10 == 9:
+                    peak = max(peak, heap_in_use(envoy))
+                    overloaded |= envoy.stat("overload.envoy.overload_actions.stop_accepting_requests.active") == 1
+            print(f"\nheap peak {peak >> 20} MiB (limit {HEAP_LIMIT >> 20} MiB)")
+            assert overloaded, "the overload manager never engaged"
+            assert peak < HEAP_BOUND, f"heap reached {peak >> 20} MiB"
+            # The shrunk stream idle timeout cuts the stalled uploads; legit pushes work again.
+            wait_for(lambda: push(push_port, "legit", agent_push("n1", 0.9, cluster="legit"), timeout=2).status == 200,
+                     timeout=10, what="a legit push to succeed after the attack")
+            wait_for(lambda: heap_in_use(envoy) < 0.85 * HEAP_LIMIT, timeout=10, what="the heap to be freed")
+        finally:
+            for s in uploads:
+                s.close()

@@ -153,53 +153,13 @@ typed_config:
 {{- end -}}
 
 {{/*
-The overload manager, as envoy/envoy.yaml and envoy/front-lb.yaml have it
-(docs/limits-envoy.md), for a config that has none: a fixed heap budget and a
-cap on downstream connections. Near the budget Envoy resets the streams
-holding the most buffered data (a half-sent push), then stops accepting
-requests. Args: root context, heap bytes.
-*/}}
-{{- define "ingero-fleet.overloadManager" -}}
-{{- $ := index . 0 -}}
-refresh_interval: 0.25s
-buffer_factory_config: { minimum_account_to_track_power_of_two: 20 }
-resource_monitors:
-  - name: envoy.resource_monitors.fixed_heap
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
-      max_heap_size_bytes: {{ index . 1 | int64 }}
-  - name: envoy.resource_monitors.global_downstream_max_connections
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
-      max_active_downstream_connections: {{ $.Values.envoy.maxDownstreamConnections | int64 }}
-actions:
-  - name: envoy.overload_actions.shrink_heap
-    triggers: [{ name: envoy.resource_monitors.fixed_heap, threshold: { value: 0.90 } }]
-  - name: envoy.overload_actions.reset_high_memory_stream
-    triggers:
-      - name: envoy.resource_monitors.fixed_heap
-        scaled: { scaling_threshold: 0.85, saturation_threshold: 0.95 }
-  - name: envoy.overload_actions.stop_accepting_requests
-    triggers: [{ name: envoy.resource_monitors.fixed_heap, threshold: { value: 0.95 } }]
-{{- end -}}
-
-{{/* The access log of envoy/envoy.yaml, for a connection manager that has none. */}}
-{{- define "ingero-fleet.accessLog" -}}
-- name: envoy.access_loggers.stdout
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
-    log_format:
-      text_format_source:
-        inline_string: "[%START_TIME%] %DOWNSTREAM_LOCAL_PORT% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% \"%REQ(:METHOD)% %REQ(:PATH):256% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION%ms %UPSTREAM_HOST%\n"
-{{- end -}}
-
-{{/*
-The chart's Envoy values on a parsed config (replicas' or front's), in place:
-the overload manager's heap and connection limits (the file's block, or the
-same block when it has none), and on every connection manager the timeouts,
-the HTTP/2 stream cap and the access log (kept from the file, added where it
-has none, removed with envoy.accessLog=false). The defaults are the files'
-own numbers. Args: root context, config, heap bytes.
+The chart's Envoy values on a parsed config (replicas' or front's), in place.
+The overload manager, timeouts, stream caps and access log are the files'
+(envoy/envoy.yaml, envoy/front-lb.yaml; docs/limits-envoy.md); the chart sets
+their numbers from values sized to the pods' memory limits: the heap budget
+and connection cap, and on every connection manager the timeouts and the
+HTTP/2 stream cap. envoy.accessLog=false removes the access log. The
+defaults are the files' own numbers. Args: root context, config, heap bytes.
 */}}
 {{- define "ingero-fleet.hardenEnvoy" -}}
 {{- $ := index . 0 -}}
@@ -209,7 +169,7 @@ own numbers. Args: root context, config, heap bytes.
 {{- /* SDS (the TLS files) needs a node identity. */ -}}
 {{- $_ := set $envoy "node" ($envoy.node | default (dict "id" (include "ingero-fleet.fullname" $) "cluster" (include "ingero-fleet.fullname" $))) -}}
 {{- if not $envoy.overload_manager -}}
-{{- $_ := set $envoy "overload_manager" (include "ingero-fleet.overloadManager" (list $ $heap) | fromYaml) -}}
+{{- fail "the chart's Envoy config has no overload_manager (envoy/envoy.yaml and envoy/front-lb.yaml carry one)" -}}
 {{- end -}}
 {{- range $monitor := $envoy.overload_manager.resource_monitors -}}
 {{- if eq $monitor.name "envoy.resource_monitors.fixed_heap" -}}
@@ -231,8 +191,6 @@ own numbers. Args: root context, config, heap bytes.
 {{- $_ := set $hcm "http2_protocol_options" (merge (dict "max_concurrent_streams" ($e.maxConcurrentStreams | int64)) ($hcm.http2_protocol_options | default dict)) -}}
 {{- if not $e.accessLog -}}
 {{- $_ := unset $hcm "access_log" -}}
-{{- else if not $hcm.access_log -}}
-{{- $_ := set $hcm "access_log" (include "ingero-fleet.accessLog" $ | fromYamlArray) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -241,16 +199,19 @@ own numbers. Args: root context, config, heap bytes.
 {{- end -}}
 
 {{/*
-The replicas' Envoy config: envoy/envoy.yaml (files/envoy.yaml links to it) with
+The replicas' Envoy config: envoy/envoy.yaml (files/envoy.yaml links to it), or
+envoy/envoy-observe.yaml with observe.upstream (its otel_collector cluster set
+to the upstream), with
 the listeners on config.listen, the module, the plugin configuration and the
 chart's Envoy settings (hardenEnvoy). The listener, path and plugin rewrites are
 the ones tests/fleet.py render_envoy makes, so the chart runs the configuration
 the end-to-end tests run.
 */}}
 {{- define "ingero-fleet.envoyConfig" -}}
-{{- $envoy := .Files.Get "files/envoy.yaml" | fromYaml -}}
+{{- $file := ternary "envoy-observe.yaml" "envoy.yaml" (ne .Values.observe.upstream "") -}}
+{{- $envoy := .Files.Get (printf "files/%s" $file) | fromYaml -}}
 {{- if not $envoy.static_resources -}}
-{{- fail "files/envoy.yaml is missing or invalid (it links to envoy/envoy.yaml)" -}}
+{{- fail (printf "files/%s is missing or invalid (it links to envoy/%s)" $file $file) -}}
 {{- end -}}
 {{- $listen := .Values.config.listen -}}
 {{- $plugin := include "ingero-fleet.pluginConfig" . -}}
@@ -275,18 +236,17 @@ the end-to-end tests run.
 {{- $_ := set $http.typed_config.config.vm_config "code" (deepCopy $code) -}}
 {{- end -}}
 {{- end -}}
-{{- if and $.Values.observe.upstream (eq $listener.name "otlp_http") -}}
-{{- /* Observe mode (envoy/envoy-observe.yaml): every path goes on to the user's collector; the filter scores pushes as they pass. */ -}}
-{{- $_ := set $filter.typed_config "route_config" (dict "virtual_hosts" (list (dict "name" "otel_collector" "domains" (list "*") "routes" (list (dict "match" (dict "prefix" "/") "route" (dict "cluster" "otel_collector" "timeout" "10s")))))) -}}
-{{- /* Envoy streams the push on: a flow-control window, as in envoy/envoy-observe.yaml. */ -}}
-{{- $_ := set $listener "per_connection_buffer_limit_bytes" 1048576 -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 {{- $clusters := $envoy.static_resources.clusters | default list -}}
-{{- if .Values.observe.upstream -}}
-{{- $clusters = append $clusters (include "ingero-fleet.dnsCluster" (list "otel_collector" (include "ingero-fleet.host" .Values.observe.upstream) (include "ingero-fleet.port" .Values.observe.upstream) false) | fromYaml) -}}
+{{- range $cluster := $clusters -}}
+{{- if eq $cluster.name "otel_collector" -}}
+{{- /* Observe mode: the user's collector, resolved by DNS. */ -}}
+{{- $_ := set $cluster "type" "STRICT_DNS" -}}
+{{- $endpoint := dict "address" (dict "socket_address" (dict "address" (include "ingero-fleet.host" $.Values.observe.upstream) "port_value" (include "ingero-fleet.port" $.Values.observe.upstream | int))) -}}
+{{- $_ := set $cluster.load_assignment "endpoints" (list (dict "lb_endpoints" (list (dict "endpoint" $endpoint)))) -}}
+{{- end -}}
 {{- end -}}
 {{- if eq $source "url" -}}
 {{- $u := urlParse .Values.wasm.url -}}
