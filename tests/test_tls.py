@@ -277,6 +277,26 @@ def envoy_certs(pki: Pki) -> Path:
     return d
 
 
+def test_envoy_tls_is_envoy_yaml_plus_tls():
+    """envoy-tls.yaml is envoy.yaml (limits, overload manager, routes, filter) with only the TLS
+    parts added, so a change to envoy.yaml that is not carried over fails here."""
+    plain = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
+    tls = yaml.safe_load(ENVOY_TLS.read_text())
+    assert tls.pop("node") == {"id": "ingero-fleet", "cluster": "ingero-fleet"}
+    push = tls["static_resources"]["listeners"][0]
+    assert push["name"] == "otlp_http"
+    assert [f["name"] for f in push.pop("listener_filters")] == ["envoy.filters.listener.tls_inspector"]
+    agents, refuse_plain = push["filter_chains"]
+    assert refuse_plain["filter_chain_match"] == {"transport_protocol": "raw_buffer"}
+    assert agents.pop("filter_chain_match") == {"transport_protocol": "tls"} and agents.pop("name") == "agents_mtls"
+    assert agents.pop("transport_socket")["typed_config"]["require_client_certificate"] is True
+    log = agents["filters"][0]["typed_config"]["access_log"][0]["typed_config"]["log_format"]["text_format_source"]
+    assert " san=%DOWNSTREAM_PEER_URI_SAN% " in log["inline_string"]
+    log["inline_string"] = log["inline_string"].replace(" san=%DOWNSTREAM_PEER_URI_SAN% ", " ")
+    push["filter_chains"] = [agents]
+    assert tls == plain
+
+
 def test_envoy_tls_front_with_mtls(pki):
     assert WASM.exists(), "scripts/build-wasm first"
     listen = {"otlp_http": free_port(), "api": free_port(), "metrics": free_port()}
