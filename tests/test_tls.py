@@ -27,7 +27,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from fleet import ROOT, WASM, Envoy, agent_push, free_port, render_envoy, request, scrape, start_serving, wait_for
+from fleet import (ROOT, WASM, Envoy, agent_push, free_port, load_envoy, render_envoy, request, scrape, start_serving,
+                   wait_for)
 from frontdoors import Standalone
 
 ENVOY_TLS = ROOT / "envoy/envoy-tls.yaml"
@@ -280,8 +281,8 @@ def envoy_certs(pki: Pki) -> Path:
 def test_envoy_tls_is_envoy_yaml_plus_tls():
     """envoy-tls.yaml is envoy.yaml (limits, overload manager, routes, filter) with only the TLS
     parts added, so a change to envoy.yaml that is not carried over fails here."""
-    plain = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
-    tls = yaml.safe_load(ENVOY_TLS.read_text())
+    plain = load_envoy(ROOT / "envoy/envoy.yaml")
+    tls = load_envoy(ENVOY_TLS)
     assert tls.pop("node") == {"id": "ingero-fleet", "cluster": "ingero-fleet"}
     push = tls["static_resources"]["listeners"][0]
     assert push["name"] == "otlp_http"
@@ -290,10 +291,13 @@ def test_envoy_tls_is_envoy_yaml_plus_tls():
     assert refuse_plain["filter_chain_match"] == {"transport_protocol": "raw_buffer"}
     assert agents.pop("filter_chain_match") == {"transport_protocol": "tls"} and agents.pop("name") == "agents_mtls"
     assert agents.pop("transport_socket")["typed_config"]["require_client_certificate"] is True
-    log = agents["filters"][0]["typed_config"]["access_log"][0]["typed_config"]["log_format"]["text_format_source"]
-    assert " san=%DOWNSTREAM_PEER_URI_SAN% " in log["inline_string"]
-    log["inline_string"] = log["inline_string"].replace(" san=%DOWNSTREAM_PEER_URI_SAN% ", " ")
     push["filter_chains"] = [agents]
+    # The access log names the agent's certificate (on every listener: one format for all).
+    for listener in tls["static_resources"]["listeners"]:
+        for log in listener["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]:
+            line = log["typed_config"]["log_format"]["text_format_source"]
+            assert " san=%DOWNSTREAM_PEER_URI_SAN% " in line["inline_string"], listener["name"]
+            line["inline_string"] = line["inline_string"].replace(" san=%DOWNSTREAM_PEER_URI_SAN% ", " ")
     assert tls == plain
 
 
