@@ -21,7 +21,7 @@ def test_smoke_run_has_no_errors_and_correct_thresholds(tmp_path):
     results = json.loads(out.read_text())
 
     built = {door.key for door in DOORS if door.available()}
-    assert set(results["doors"]) == built, results["skipped"]
+    assert set(results["doors"]) == built, (results["skipped"], results["failed"])
     assert {"anchor", "wasm"} <= built
     for key, door in results["doors"].items():
         for run in door["rates"]:
