@@ -270,7 +270,7 @@ def test_legit_traffic_and_memory_hold_under_idle_slow_and_stalled_h2_connection
         wait_for(lambda: request(door.api, "GET", "/api/v1/threshold?cluster_id=legit").json()["quorum_met"],
                  what="quorum in legit")
         legit_latencies(door, "warm-up")
-        baseline = legit_latencies(door, "baseline")
+        before = legit_latencies(door, "baseline")
         idle_rss = rss(pid)
         idle = open_idle(door.push, IDLE)
         slow = [slow_upload(door.push) for _ in range(SLOW)]
@@ -281,13 +281,6 @@ def test_legit_traffic_and_memory_hold_under_idle_slow_and_stalled_h2_connection
             attacked = legit_latencies(door, "under attack")
             stalled.pump(0.5)
             attack_rss = rss(pid)
-            print(f"\nstandalone: median {statistics.median(baseline) * 1e3:.2f} -> "
-                  f"{statistics.median(attacked) * 1e3:.2f} ms, p99 {p99(baseline) * 1e3:.2f} -> "
-                  f"{p99(attacked) * 1e3:.2f} ms, RSS {idle_rss >> 20} -> {attack_rss >> 20} MiB, "
-                  f"h2 streams refused {len(stalled.refused)} of {H2_STREAMS}")
-            # The same bounds as for Envoy (tests/test_overload.py explains the floors).
-            assert statistics.median(attacked) <= 2 * statistics.median(baseline) + 0.001
-            assert p99(attacked) <= max(2 * p99(baseline), 0.020), (p99(baseline), p99(attacked))
             assert H2_STREAMS - len(stalled.refused) <= MAX_STREAMS
             assert attack_rss - idle_rss < RSS_GROWTH_BOUND, f"RSS grew {(attack_rss - idle_rss) >> 20} MiB"
             # limits.body_stall_timeout (5 s): every stalled upload is answered 408, or reset.
@@ -297,6 +290,18 @@ def test_legit_traffic_and_memory_hold_under_idle_slow_and_stalled_h2_connection
         finally:
             for s in idle + slow + [stalled.sock]:
                 s.close()
+        # The idle baseline is measured before and after the attack, and the worse of the two
+        # is the reference: other processes on a shared machine come and go within seconds.
+        legit_latencies(door, "settling after")  # the server handles the attack's 1 300 closes first
+        after = legit_latencies(door, "baseline after")
+        median = max(statistics.median(before), statistics.median(after))
+        tail = max(p99(before), p99(after))
+        print(f"\nstandalone: median {median * 1e3:.2f} -> {statistics.median(attacked) * 1e3:.2f} ms, "
+              f"p99 {tail * 1e3:.2f} -> {p99(attacked) * 1e3:.2f} ms, RSS {idle_rss >> 20} -> {attack_rss >> 20} MiB, "
+              f"h2 streams refused {len(stalled.refused)} of {H2_STREAMS}")
+        # The same bounds as for Envoy (tests/test_overload.py explains the floors).
+        assert statistics.median(attacked) <= 2 * median + 0.001, (median, statistics.median(attacked))
+        assert p99(attacked) <= max(2 * tail, 0.020), (tail, p99(attacked))
         assert server.process.poll() is None
 
 
