@@ -12,7 +12,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use ingero_fleet_core::reply::Reply;
-use ingero_fleet_core::{Exchange, Flow, Host, RequestHead};
+use ingero_fleet_core::{Answer, Exchange, Flow, Host, RequestHead};
 use std::sync::Arc;
 
 /// Liveness probe path: the process serves HTTP.
@@ -68,7 +68,7 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
 {
     let mut exchange = Exchange::default();
-    let mut received = Received { answers_grpc, ..Received::default() };
+    let mut received = Received { head, body: Vec::new(), reply: None, answers_grpc };
     let mut flow = exchange.on_request_headers(fleet, &mut received, head, false);
     while matches!(flow, Flow::Hold | Flow::HoldBody) {
         flow = match body.frame().await.transpose()? {
@@ -85,14 +85,14 @@ where
 }
 
 /// The request as received so far, and the core's reply once it sends one.
-#[derive(Default)]
-struct Received {
+struct Received<'h> {
+    head: &'h RequestHead<'h>,
     body: Vec<u8>,
     reply: Option<Reply>,
     answers_grpc: bool,
 }
 
-impl Host for Received {
+impl Host for Received<'_> {
     fn body_len(&self) -> usize {
         self.body.len()
     }
@@ -101,8 +101,9 @@ impl Host for Received {
         Ok(self.body.clone())
     }
 
-    fn send_reply(&mut self, reply: &Reply) {
-        self.reply = Some(reply.clone());
+    fn send_reply(&mut self, answer: &Answer) {
+        // Refusals are logged here, where the request is known.
+        self.reply = Some(crate::refusals::note(self.head, answer));
     }
 
     fn add_response_header(&mut self, _name: &'static str, _value: &str) {}

@@ -8,7 +8,7 @@ use crate::config::Mode;
 use crate::error::FleetError;
 use crate::metrics::CounterSink;
 use crate::outcome::{Answer, DropReason, Outcome};
-use crate::reply::{Reply, QUORUM_HEADER, THRESHOLD_HEADER};
+use crate::reply::{QUORUM_HEADER, THRESHOLD_HEADER};
 use crate::service::{Fleet, HeadStep, PendingPush, RequestHead, ScoredPush};
 use crate::store::SharedStore;
 
@@ -19,8 +19,8 @@ pub trait Host {
     fn body_len(&self) -> usize;
     /// Those bytes; an error when the host cannot hand them over.
     fn body(&self) -> Result<Vec<u8>, String>;
-    /// Ends the stream with a local reply.
-    fn send_reply(&mut self, reply: &Reply);
+    /// Ends the stream with a local reply: `answer.reply` (its outcome is already counted).
+    fn send_reply(&mut self, answer: &Answer);
     /// Adds a header to the upstream's response (observe mode).
     fn add_response_header(&mut self, name: &'static str, value: &str);
     /// Wall-clock milliseconds, the time base of node expiry.
@@ -281,7 +281,7 @@ impl Exchange {
         answer: Answer,
     ) -> Flow {
         fleet.count(&answer.outcome);
-        host.send_reply(&answer.reply);
+        host.send_reply(&answer);
         self.state = State::Idle;
         Flow::Stop
     }
@@ -293,6 +293,7 @@ mod tests {
     use crate::config::Config;
     use crate::metrics::{Counter, MemoryCounters};
     use crate::otlp::tests::agent_json;
+    use crate::reply::Reply;
     use crate::store::MemoryStore;
 
     type TestFleet = Fleet<MemoryStore, MemoryCounters>;
@@ -312,8 +313,8 @@ mod tests {
         fn body(&self) -> Result<Vec<u8>, String> {
             Ok(self.body.clone())
         }
-        fn send_reply(&mut self, reply: &Reply) {
-            self.replies.push(reply.clone());
+        fn send_reply(&mut self, answer: &Answer) {
+            self.replies.push(answer.reply.clone());
         }
         fn add_response_header(&mut self, name: &'static str, value: &str) {
             self.added.push((name, value.to_owned()));

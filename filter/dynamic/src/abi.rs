@@ -5,7 +5,7 @@
 
 use crate::filter::{Envoy, Stream};
 use crate::front::{now_ms, Front};
-use ingero_fleet_core::reply::Reply;
+use ingero_fleet_core::Answer;
 use ingero_fleet_core::{Flow, Host};
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -235,7 +235,8 @@ impl Host for EnvoyStream {
         Ok(body)
     }
 
-    fn send_reply(&mut self, reply: &Reply) {
+    fn send_reply(&mut self, answer: &Answer) {
+        let reply = &answer.reply;
         let headers: Vec<ModuleHeader> = reply
             .headers
             .iter()

@@ -65,6 +65,7 @@ impl Stream {
 mod tests {
     use super::*;
     use ingero_fleet_core::reply::Reply;
+    use ingero_fleet_core::Answer;
 
     /// A request as Envoy would present it, recording what the stream sends back.
     #[derive(Default)]
@@ -98,8 +99,8 @@ mod tests {
         fn body(&self) -> Result<Vec<u8>, String> {
             Ok(self.body.clone())
         }
-        fn send_reply(&mut self, reply: &Reply) {
-            self.replies.push(reply.clone());
+        fn send_reply(&mut self, answer: &Answer) {
+            self.replies.push(answer.reply.clone());
         }
         fn add_response_header(&mut self, name: &'static str, value: &str) {
             self.added.push((name, value.to_owned()));

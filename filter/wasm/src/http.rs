@@ -1,8 +1,7 @@
 //! One HTTP stream: proxy-wasm's hooks handed to the core's [`Exchange`].
 
 use crate::root::{now_ms, Worker};
-use ingero_fleet_core::reply::Reply;
-use ingero_fleet_core::{Exchange, Flow, Host, RequestHead};
+use ingero_fleet_core::{Answer, Exchange, Flow, Host, RequestHead};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -41,7 +40,8 @@ impl Host for Envoy {
         }
     }
 
-    fn send_reply(&mut self, reply: &Reply) {
+    fn send_reply(&mut self, answer: &Answer) {
+        let reply = &answer.reply;
         let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body)) {
             log::warn!("ingero-fleet: cannot send the response: {status:?}");
