@@ -486,8 +486,8 @@ impl Checker {
             Some(entries) => PushIdentities(entries),
             None => {
                 self.problems.push(format!(
-                    "{path} must map each identity (\"token:<secret>\" or a certificate's URI/DNS name) \
-                     to a non-empty list of cluster ids or \"*\""
+                    "{path} = {value} must be an object mapping each identity (\"token:<secret>\" or a \
+                     certificate's URI/DNS name) to a non-empty list of cluster ids or \"*\""
                 ));
                 PushIdentities::default()
             }
@@ -683,6 +683,17 @@ const KEYS: &[(&str, &str, DefaultOf)] = &[
     ("max_points_per_push", "most data points in one push", DefaultOf::Field(|c| Value::from(c.max_points_per_push))),
     ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives", DefaultOf::Choice),
     (
+        "mode",
+        "filter in a proxy: answer pushes, or pass them on to a collector and score the accepted ones",
+        DefaultOf::Choice,
+    ),
+    ("routes", "the Fleet routes this listener answers; others go on", DefaultOf::Choice),
+    (
+        "push_identities",
+        "who may push which clusters (bearer token or client certificate); empty: anyone",
+        DefaultOf::Field(|_| Value::Object(Map::new())),
+    ),
+    (
         "listen.otlp_http",
         "standalone server only: OTLP/HTTP pushes",
         DefaultOf::Field(|c| Value::from(c.listen.otlp_http.clone())),
@@ -709,8 +720,8 @@ pub fn key_table() -> Vec<KeyInfo> {
     let defaults = Config::default();
     KEYS.iter()
         .map(|(path, meaning, default)| {
-            // An empty object is no key's valid value: the refusal names the kind and range.
-            let refusal = Config::from_value(&at_path(path, Value::Object(Map::new()))).err();
+            // `[[]]` is no key's valid value: the refusal names the kind and range.
+            let refusal = Config::from_value(&at_path(path, serde_json::json!([[]]))).err();
             let prefix = format!("{path} = ");
             let valid = refusal
                 .iter()
@@ -778,6 +789,8 @@ fn read_valid(valid: &str) -> (&'static str, Option<f64>, Option<f64>, bool, Vec
         ("boolean", None, None, false, vec![Value::Bool(true), Value::Bool(false)])
     } else if valid.starts_with("a non-empty list of ") {
         ("list", None, None, false, quoted())
+    } else if valid.starts_with("an object") {
+        ("object", None, None, false, Vec::new())
     } else if valid.starts_with("a non-empty string") {
         ("string", None, None, false, Vec::new())
     } else if valid.starts_with('"') {
