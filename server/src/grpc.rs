@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use ingero_fleet_core::ingress::{grpc_frame, PUSH_PATH};
 use ingero_fleet_core::otlp::RpcStatus;
 use ingero_fleet_core::reply::{Reply, QUORUM_HEADER, THRESHOLD_HEADER};
+use ingero_fleet_core::service::bearer_token;
 use ingero_fleet_core::RequestHead;
 use prost::Message;
 use std::convert::Infallible;
@@ -59,6 +60,7 @@ async fn export(state: &State, request: http::Request<Body>) -> http::Response<B
         path: &path,
         content_type: header("content-type"),
         grpc_encoding: header("grpc-encoding"),
+        bearer: header("authorization").and_then(bearer_token),
         ..RequestHead::default()
     };
     match receive(state.fleet(), &head, body, true).await {

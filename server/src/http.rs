@@ -4,7 +4,7 @@
 use crate::state::{now_ms, ServerFleet, State};
 use axum::body::HttpBody;
 use axum::extract::{Request, State as Shared};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,6 +12,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use ingero_fleet_core::reply::Reply;
+use ingero_fleet_core::service::bearer_token;
 use ingero_fleet_core::{Answer, Exchange, Flow, Host, RequestHead};
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ async fn fleet(Shared(state): Shared<Arc<State>>, request: Request) -> Response 
         content_type: header(CONTENT_TYPE),
         content_encoding: header(CONTENT_ENCODING),
         content_length: header(CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
+        bearer: header(AUTHORIZATION).and_then(bearer_token),
         ..RequestHead::default()
     };
     match receive(state.fleet(), &head, body, false).await {

@@ -605,13 +605,13 @@ mod tests {
 pub struct KeyInfo {
     /// Dotted path, such as `threshold.k`.
     pub path: &'static str,
-    /// `number`, `integer`, `duration`, `boolean`, `string` or `list`.
+    /// `number`, `integer`, `duration`, `boolean`, `string`, `list` or `map`.
     pub kind: &'static str,
     /// The default as configuration JSON; null when it is another key's value (`default_follows`).
     pub default: Value,
     /// The key whose value is the default, if any.
     pub default_follows: Option<&'static str>,
-    /// What the validator requires, as its message words it (the text after "must be").
+    /// What the validator requires, as its message words it (the text after "must" or "must be").
     pub valid: String,
     /// Lower bound of a number or integer; of a duration, in seconds.
     pub min: Option<f64>,
@@ -642,8 +642,8 @@ enum DefaultOf {
     Field(fn(&Config) -> Value),
     /// Another key's value.
     Follows(&'static str),
-    /// The one choice (or the whole list of choices) that parses to `Config::default()`.
-    Choice,
+    /// The first of the choices, the list of all of them, or `{}` that parses to `Config::default()`.
+    Probe,
 }
 
 /// Every key, in documentation order: path, meaning, default. A `Config` field
@@ -681,13 +681,13 @@ const KEYS: &[(&str, &str, DefaultOf)] = &[
     ("max_body_bytes", "largest body, before and after gzip", DefaultOf::Field(|c| Value::from(c.max_body_bytes))),
     ("max_id_bytes", "longest cluster, node or cohort id", DefaultOf::Field(|c| Value::from(c.max_id_bytes))),
     ("max_points_per_push", "most data points in one push", DefaultOf::Field(|c| Value::from(c.max_points_per_push))),
-    ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives", DefaultOf::Choice),
+    ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives", DefaultOf::Probe),
     (
         "mode",
         "filter in a proxy: answer pushes, or pass them on to a collector and score the accepted ones",
-        DefaultOf::Choice,
+        DefaultOf::Probe,
     ),
-    ("routes", "the Fleet routes this listener answers; others go on", DefaultOf::Choice),
+    ("routes", "the Fleet routes this listener answers; others go on", DefaultOf::Probe),
     (
         "push_identities",
         "who may push which clusters (bearer token or client certificate); empty: anyone",
@@ -720,22 +720,22 @@ pub fn key_table() -> Vec<KeyInfo> {
     let defaults = Config::default();
     KEYS.iter()
         .map(|(path, meaning, default)| {
-            // `[[]]` is no key's valid value: the refusal names the kind and range.
-            let refusal = Config::from_value(&at_path(path, serde_json::json!([[]]))).err();
-            let prefix = format!("{path} = ");
+            // A list holding an empty list is no key's valid value: the refusal names the kind and range.
+            let refusal = Config::from_value(&at_path(path, Value::Array(vec![Value::Array(vec![])]))).err();
+            let prefix = format!("{path} ");
             let valid = refusal
                 .iter()
                 .flat_map(|e| e.problems.iter())
                 .find(|p| p.starts_with(&prefix))
-                .and_then(|p| p.split_once("must be ").map(|(_, valid)| valid.to_string()))
+                .and_then(|p| p.split_once(" must ").map(|(_, valid)| valid.trim_start_matches("be ").to_string()))
                 .unwrap_or_default();
             let (kind, min, max, min_exclusive, choices) = read_valid(&valid);
             let (default, default_follows) = match default {
                 DefaultOf::Field(get) => (get(&defaults), None),
                 DefaultOf::Follows(other) => (Value::Null, Some(*other)),
-                DefaultOf::Choice => {
-                    let all = Value::Array(choices.clone());
-                    let found = choices.iter().chain([&all]).find(|candidate| {
+                DefaultOf::Probe => {
+                    let (all, empty) = (Value::Array(choices.clone()), Value::Object(Map::new()));
+                    let found = choices.iter().chain([&all, &empty]).find(|candidate| {
                         Config::from_value(&at_path(path, (*candidate).clone())).map(|p| p.config).ok().as_ref()
                             == Some(&defaults)
                     });
@@ -793,6 +793,8 @@ fn read_valid(valid: &str) -> (&'static str, Option<f64>, Option<f64>, bool, Vec
         ("object", None, None, false, Vec::new())
     } else if valid.starts_with("a non-empty string") {
         ("string", None, None, false, Vec::new())
+    } else if valid.starts_with("map ") {
+        ("map", None, None, false, Vec::new())
     } else if valid.starts_with('"') {
         ("string", None, None, false, quoted())
     } else {

@@ -54,7 +54,7 @@ impl<'a> RequestHead<'a> {
             } else if is("content-encoding") {
                 head.content_encoding = Some(value);
             } else if is("authorization") {
-                head.bearer = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim);
+                head.bearer = bearer_token(value);
             } else if is("grpc-encoding") {
                 head.grpc_encoding = Some(value);
             } else if is("content-length") {
@@ -63,6 +63,12 @@ impl<'a> RequestHead<'a> {
         }
         head
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
 /// What to do after the request head.

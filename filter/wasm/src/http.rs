@@ -59,6 +59,14 @@ impl Host for Envoy {
     }
 }
 
+/// The URI (SPIFFE ID) or else DNS name of the client certificate Envoy verified.
+fn peer_certificate_name() -> Option<String> {
+    ["uri_san_peer_certificate", "dns_san_peer_certificate"].into_iter().find_map(|name| {
+        let bytes = hostcalls::get_property(vec!["connection", name]).ok().flatten()?;
+        String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+    })
+}
+
 /// A local reply and a held request both pause the stream; a held body lets the headers go.
 fn action(flow: Flow) -> Action {
     match flow {
@@ -78,8 +86,10 @@ impl HttpContext for FleetHttp {
     fn on_http_request_headers(&mut self, _count: usize, end_of_stream: bool) -> Action {
         // One host call for all headers: each call costs more than the scan.
         let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let mut head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let fleet = &self.worker.fleet;
+        let peer = if fleet.config().push_identities.is_open() { None } else { peer_certificate_name() };
+        head.peer = peer.as_deref();
         let flow =
             self.exchange.borrow_mut().on_request_headers(fleet, &mut Envoy { body_len: 0 }, &head, end_of_stream);
         if flow == Flow::Hold {
