@@ -118,7 +118,7 @@ impl<'a> ExportRequest<'a> {
     /// Decodes a (decompressed) body.
     pub fn decode(format: BodyFormat, body: &'a [u8]) -> Result<Self, FleetError> {
         match format {
-            BodyFormat::Json => json::decode(body),
+            BodyFormat::Json => json_scan::decode(body),
             BodyFormat::Protobuf => proto::decode(body),
         }
     }

@@ -5,7 +5,7 @@
 //! (tests/test_bad_input.py) built the same way, hand-picked corner cases of
 //! serde's rules, and generated documents, valid and mutated.
 //!
-//! `PROPTEST_CASES=N` sets the generated cases per property (default 2000).
+//! `PROPTEST_CASES=N` sets the generated cases per property (default 500; scripts/fuzz runs more).
 
 use ingero_fleet_core::otlp::ExportRequest;
 use proptest::prelude::*;
@@ -507,7 +507,7 @@ fn decoder_test_bodies_and_corner_cases_agree() {
 fn config() -> ProptestConfig {
     let mut config = ProptestConfig::default();
     if std::env::var("PROPTEST_CASES").is_err() {
-        config.cases = 2000;
+        config.cases = 500;
     }
     config
 }

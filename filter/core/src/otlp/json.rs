@@ -216,10 +216,19 @@ pub(super) fn number_point<'a>(
     };
     let time_unix_nano = match time_unix_nano {
         Some(Lenient::Int(t)) => u64::try_from(t).unwrap_or(0),
-        Some(Lenient::Text(t)) => t.trim().parse().unwrap_or(0),
+        Some(Lenient::Text(t)) => parse_u64(&t).unwrap_or(0),
         _ => 0,
     };
     NumberPoint { attributes, time_unix_nano, value }
+}
+
+/// `text.trim().parse::<u64>()`, with a fast path for the usual plain digits.
+fn parse_u64(text: &str) -> Option<u64> {
+    if (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+        // At most 19 digits: no overflow.
+        return Some(text.bytes().fold(0, |n, b| n * 10 + u64::from(b - b'0')));
+    }
+    text.trim().parse().ok()
 }
 
 impl<'a> From<RawAnyValue<'a>> for AnyValue<'a> {
