@@ -5,8 +5,9 @@
 
 use crate::agent::{BodyKind, Fleet as AgentFleet};
 use crate::error::BenchError;
+use ingero_fleet_core::node::NodeScore;
 use ingero_fleet_core::otlp::{BodyFormat, ExportRequest};
-use ingero_fleet_core::push::{extract, NodeScore};
+use ingero_fleet_core::push::extract;
 use ingero_fleet_core::reply::Reply;
 use ingero_fleet_core::threshold::CohortTally;
 use ingero_fleet_core::{Config, Fleet, HeadStep, MemoryCounters, MemoryStore, RequestHead, ThresholdBook};

@@ -2,8 +2,7 @@
 //! the last few per cluster kept for listings in a fixed set of shared-data keys.
 
 use crate::error::FleetError;
-use crate::registry::KEY_PREFIX;
-use crate::store::{SharedStore, StoreError, MAX_CAS_ATTEMPTS};
+use crate::store::{SharedStore, StoreError, KEY_PREFIX, MAX_CAS_ATTEMPTS};
 use serde::{Deserialize, Serialize};
 use std::hash::{DefaultHasher, Hash, Hasher};
 

@@ -4,8 +4,7 @@
 use crate::error::FleetError;
 use crate::events::StragglerEvent;
 use crate::ingress::query_param;
-use crate::push::DETAIL_GAUGES;
-use crate::registry::NodeRecord;
+use crate::node::{NodeRecord, DETAIL_GAUGES};
 use crate::threshold::{ThresholdBook, ThresholdSnapshot, STRAGGLER_EPSILON};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Fleet's self-metrics (contract §5): the counters every front door keeps, and
 //! the Prometheus text exposition rendered from them and the threshold book.
 
-use crate::service::{DropReason, Outcome};
+use crate::outcome::{DropReason, Outcome};
 use crate::threshold::ThresholdBook;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

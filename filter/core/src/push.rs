@@ -5,76 +5,14 @@
 
 use crate::config::Config;
 use crate::events::StragglerEvent;
+use crate::node::{NodeDetails, NodeScore, NodeState, DETAIL_GAUGES};
 use crate::otlp::{attribute, AnyValue, ExportRequest, KeyValue, Metric, NumberPoint, ResourceMetrics};
-use serde::{Deserialize, Serialize};
 
 pub const HEALTH_SCORE: &str = "ingero.node.health_score";
 pub const STRAGGLER_EVENT: &str = "ingero.node.straggler_event";
 const NODE_INFO: &str = "ingero.node.info";
 const DETECTION_MODE: &str = "ingero.agent.detection_mode";
 const WORLD_SIZE_GAUGE: &str = "ingero.node.world_size";
-/// Gauges kept per node for listings; Fleet never scores on them.
-pub const DETAIL_GAUGES: [&str; 6] = [
-    "ingero.node.throughput_ratio",
-    "ingero.node.compute_efficiency",
-    "ingero.node.memory_headroom",
-    "ingero.node.cpu_availability",
-    "ingero.node.degradation_warning",
-    "ingero.agent.fleet_reachable",
-];
-
-/// What an agent says its node is doing; only `Active` nodes are scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NodeState {
-    Active,
-    Calibrating,
-    Idle,
-}
-
-impl NodeState {
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "active" => Some(Self::Active),
-            "calibrating" => Some(Self::Calibrating),
-            "idle" => Some(Self::Idle),
-            _ => None,
-        }
-    }
-
-    /// The contract's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Calibrating => "calibrating",
-            Self::Idle => "idle",
-        }
-    }
-}
-
-/// Descriptive facts about a node, kept for listings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeDetails {
-    pub rank: Option<i64>,
-    pub world_size: Option<i64>,
-    pub gpu_model: Option<String>,
-    pub gpu_count: Option<i64>,
-    pub detection_mode: Option<String>,
-    /// Latest value of each gauge of [`DETAIL_GAUGES`], in that order.
-    pub gauges: [Option<f64>; DETAIL_GAUGES.len()],
-}
-
-/// One node's validated health score from a push.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeScore {
-    pub cluster: String,
-    /// The cgroup path hash; empty for the default cohort.
-    pub cohort: String,
-    pub node: String,
-    pub score: f64,
-    pub state: NodeState,
-    pub details: NodeDetails,
-}
-
 /// Everything a push reported, after validation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PushBatch {

@@ -10,68 +10,15 @@
 
 use crate::config::NodeCaps;
 use crate::error::FleetError;
-use crate::push::{NodeDetails, NodeScore, NodeState, DETAIL_GAUGES};
-use crate::service::DropReason;
-use crate::store::{SharedStore, StoreError, MAX_CAS_ATTEMPTS};
+use crate::node::{LiveNode, NodeRecord, NodeScore, NodeState, DETAIL_GAUGES};
+use crate::outcome::DropReason;
+use crate::store::{SharedStore, StoreError, KEY_PREFIX, MAX_CAS_ATTEMPTS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-/// Prefix of every shared-data key, so other plugins in one VM id never collide.
-pub const KEY_PREFIX: &str = "ingero_fleet/v1/";
 /// Target records per shard at `max_expected_nodes`.
 const NODES_PER_SHARD: u32 = 8;
-
-/// A node's latest report as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub cluster: String,
-    pub node: String,
-    pub cohort: String,
-    pub score: f64,
-    pub state: NodeState,
-    pub last_seen_ms: u64,
-    pub details: NodeDetails,
-}
-
-impl NodeRecord {
-    fn new(score: &NodeScore, now_ms: u64) -> Self {
-        Self {
-            cluster: score.cluster.clone(),
-            node: score.node.clone(),
-            cohort: score.cohort.clone(),
-            score: score.score,
-            state: score.state,
-            last_seen_ms: now_ms,
-            details: score.details.clone(),
-        }
-    }
-}
-
-/// What a recompute reads of a live node, borrowed from its shard.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LiveNode<'a> {
-    pub cluster: &'a str,
-    pub node: &'a str,
-    pub cohort: &'a str,
-    pub score: f64,
-    pub state: NodeState,
-    pub world_size: Option<i64>,
-}
-
-impl NodeRecord {
-    /// This record as the recompute sees it.
-    pub fn live_node(&self) -> LiveNode<'_> {
-        LiveNode {
-            cluster: &self.cluster,
-            node: &self.node,
-            cohort: &self.cohort,
-            score: self.score,
-            state: self.state,
-            world_size: self.details.world_size,
-        }
-    }
-}
 
 /// A stored record read without copying its text. Its layout is
 /// [`NodeRecord`]'s field for field (postcard has no field names), which
@@ -461,6 +408,7 @@ fn host(e: StoreError) -> FleetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::NodeDetails;
     use crate::store::MemoryStore;
 
     fn caps(nodes: u32) -> NodeCaps {

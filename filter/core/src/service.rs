@@ -8,63 +8,15 @@ use crate::ingress::{body_format, is_gzip, query_param, unpack_body, Route};
 use crate::listing::{self, Page};
 use crate::metrics::{self, CounterSink};
 use crate::otlp::{BodyFormat, ExportRequest};
+use crate::outcome::{Answer, DropReason, Outcome};
 use crate::push::{extract, names_a_cluster};
-use crate::registry::{Admission, Registry, KEY_PREFIX};
+use crate::registry::{Admission, Registry};
 use crate::reply::Reply;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{SharedStore, StoreError, KEY_PREFIX};
 use crate::threshold::{CohortTally, ThresholdBook};
 
 /// The dashboard: one self-contained page that reads the listing API.
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
-
-/// Why something sent to Fleet was not stored, as counted in `ingero_fleet_dropped_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// A data point failed validation.
-    InvalidPoint,
-    /// A new node arrived past `max_expected_nodes`.
-    MaxExpectedNodes,
-    /// A new node arrived past `max_nodes_per_cluster`.
-    MaxNodesPerCluster,
-    /// A push for a new cluster arrived past `max_clusters` (answered 429).
-    MaxClusters,
-    /// A whole request was refused with this status.
-    Refused(u16),
-}
-
-impl DropReason {
-    /// The `reason` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::InvalidPoint => "invalid_point",
-            Self::MaxExpectedNodes => "max_expected_nodes",
-            Self::MaxNodesPerCluster => "max_nodes_per_cluster",
-            Self::MaxClusters => "max_clusters",
-            Self::Refused(400) => "bad_request",
-            Self::Refused(405) => "method_not_allowed",
-            Self::Refused(413) => "body_too_large",
-            Self::Refused(415) => "unsupported_media_type",
-            Self::Refused(503) => "busy",
-            Self::Refused(_) => "refused",
-        }
-    }
-}
-
-/// What a request did, for the front door's counters.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Outcome {
-    /// An accepted push (counted in `ingero_fleet_total_pushes`).
-    pub accepted_push: bool,
-    pub straggler_events: u64,
-    pub drops: Vec<(DropReason, u64)>,
-}
-
-/// An answer and what it did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Answer {
-    pub reply: Reply,
-    pub outcome: Outcome,
-}
 
 /// A request line and the headers Fleet reads.
 #[derive(Debug, Clone, Copy, Default)]

@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use thiserror::Error;
 
+/// Prefix of every shared-data key, so other plugins in one VM id never collide.
+pub const KEY_PREFIX: &str = "ingero_fleet/v1/";
+
 /// Attempts at one compare-and-swap update before it gives up (answered 503):
 /// conflicts are normal under concurrency, but a writer must never spin.
 pub const MAX_CAS_ATTEMPTS: usize = 32;

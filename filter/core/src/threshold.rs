@@ -5,8 +5,7 @@
 //! worker to read.
 
 use crate::config::Config;
-use crate::push::NodeState;
-use crate::registry::LiveNode;
+use crate::node::{LiveNode, NodeState};
 use crate::stats::Spread;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -161,8 +160,7 @@ fn snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::NodeDetails;
-    use crate::registry::NodeRecord;
+    use crate::node::{NodeDetails, NodeRecord};
 
     fn record(cluster: &str, cohort: &str, node: usize, score: f64) -> NodeRecord {
         NodeRecord {

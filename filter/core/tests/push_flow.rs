@@ -3,8 +3,8 @@
 //! changes another cluster's records.
 
 use ingero_fleet_core::metrics::Counter;
-use ingero_fleet_core::registry::NodeRecord;
-use ingero_fleet_core::service::DropReason;
+use ingero_fleet_core::node::NodeRecord;
+use ingero_fleet_core::DropReason;
 use ingero_fleet_core::ThresholdBook;
 use ingero_fleet_core::{Answer, Config, CounterSink, Fleet, HeadStep, MemoryCounters, MemoryStore, RequestHead};
 use proptest::prelude::*;
