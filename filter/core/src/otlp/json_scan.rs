@@ -449,7 +449,7 @@ impl<'a> Scanner<'a> {
         let end = self.string_end(start)?;
         if self.bytes[end] == b'"' {
             self.pos = end + 1;
-            return Ok(Cow::Borrowed(self.text.get(start..end).unwrap_or_default()));
+            return self.slice(start, end).map(Cow::Borrowed);
         }
         self.escaped_string(start, end)
     }
@@ -496,7 +496,7 @@ impl<'a> Scanner<'a> {
         let mut from = start;
         loop {
             // bytes[at] is `"` or `\`.
-            out.push_str(self.text.get(from..at).unwrap_or_default());
+            out.push_str(self.slice(from, at)?);
             if self.bytes[at] == b'"' {
                 self.pos = at + 1;
                 return Ok(Cow::Owned(out));
@@ -533,7 +533,10 @@ impl<'a> Scanner<'a> {
                         }
                         _ => u32::from(unit),
                     };
-                    out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+                    match char::from_u32(code) {
+                        Some(c) => out.push(c),
+                        None => return self.fail("invalid unicode code point"),
+                    }
                 }
                 _ => return self.fail("invalid escape"),
             }
@@ -652,8 +655,7 @@ impl<'a> Scanner<'a> {
             return Ok(Lenient::Float(if negative { -value } else { value }));
         }
         // Long or exponent forms are rare: serde_json itself reads the token.
-        let token = self.text.get(start..self.pos).unwrap_or_default();
-        match serde_json::from_str::<f64>(token) {
+        match serde_json::from_str::<f64>(self.slice(start, self.pos)?) {
             Ok(value) => Ok(Lenient::Float(value)),
             Err(_) => self.fail("number out of range"),
         }
@@ -720,6 +722,16 @@ impl<'a> Scanner<'a> {
             }
         }
         None
+    }
+
+    /// The body's text from `start` to `end`, both next to ASCII bytes the scanner
+    /// stopped at, so on character boundaries (the error cannot happen).
+    #[inline]
+    fn slice(&self, start: usize, end: usize) -> Scan<&'a str> {
+        match self.text.get(start..end) {
+            Some(text) => Ok(text),
+            None => self.fail("not on a character boundary"),
+        }
     }
 
     #[cold]
