@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+import perf_guard
 from bench_doors import DOORS, ROOT, WASM_VARIANTS, Door, Running
 from fleet import request
 
@@ -262,14 +263,10 @@ def callgrind(step_names: list, nodes: int = 500, iterations: int = 3000) -> dic
     JSON push. Empty unless scripts/bench built target/prof (it does when valgrind exists)."""
     if not PROFILED.exists():
         return {}
-    data = OUT / "callgrind.out"
+    data = OUT / "callgrind.out"  # perf_guard.instructions creates its folder (a fresh clone has none)
 
     def instructions(only: str, *extra: str) -> int:
-        run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={data}", *extra, str(PROFILED),
-                              "steps", "--nodes", str(nodes), "--iterations", str(iterations), "--only", only],
-                             capture_output=True, text=True, check=True)
-        refs = [line for line in run.stderr.splitlines() if "refs:" in line]
-        return int(refs[-1].split()[-1].replace(",", ""))
+        return perf_guard.instructions(PROFILED, only, nodes, iterations, data, *extra)
 
     base = instructions("(none)")
     steps = {name: (instructions(name) - base) / iterations for name in step_names}
