@@ -58,6 +58,8 @@ pub struct Config {
     pub routes: RouteSet,
     /// Who may push which clusters; empty: anyone who reaches the push port may push any cluster.
     pub push_identities: PushIdentities,
+    /// Which of the VMs or threads sharing one store runs the interval's recompute.
+    pub recompute: Recompute,
     /// Listen addresses (used by the standalone server only).
     pub listen: Listen,
 }
@@ -79,6 +81,30 @@ impl Mode {
         match self {
             Self::Terminate => "terminate",
             Self::Observe => "observe",
+        }
+    }
+}
+
+/// Which instance recomputes the thresholds each interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recompute {
+    /// Whichever instance ticks first in an interval (each front door's default).
+    Any,
+    /// This instance is the dedicated one (Envoy's singleton Wasm service on the
+    /// main thread): it always takes the interval.
+    Singleton,
+    /// Leave it to the singleton, so no worker stalls on a recompute; step in only
+    /// when the last recompute is more than one interval old (no singleton, or it stalled).
+    Deferred,
+}
+
+impl Recompute {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Singleton => "singleton",
+            Self::Deferred => "deferred",
         }
     }
 }
@@ -170,6 +196,7 @@ impl Default for Config {
             mode: Mode::Terminate,
             routes: RouteSet::ALL,
             push_identities: PushIdentities::default(),
+            recompute: Recompute::Any,
             listen: Listen::default(),
         }
     }
@@ -241,6 +268,7 @@ impl Config {
                 "mode",
                 "routes",
                 "push_identities",
+                "recompute",
             ],
         );
         let max_expected_nodes = check.int(root, "max_expected_nodes", d.max_expected_nodes, 1, 1_000_000);
@@ -261,6 +289,7 @@ impl Config {
             mode: check.mode(root, "mode", d.mode),
             routes: check.routes(root, "routes", d.routes),
             push_identities: check.identities(root, "push_identities"),
+            recompute: check.recompute(root, "recompute", d.recompute),
             listen: Listen {
                 otlp_http: check.string(listen, "listen.otlp_http", d.listen.otlp_http),
                 otlp_grpc: check.string(listen, "listen.otlp_grpc", d.listen.otlp_grpc),
@@ -446,6 +475,19 @@ impl Checker {
             Some((_, Some("observe"))) => Mode::Observe,
             Some((value, _)) => {
                 self.problems.push(format!("{path} = {value} must be \"terminate\" or \"observe\""));
+                default
+            }
+        }
+    }
+
+    fn recompute(&mut self, map: &Map<String, Value>, path: &str, default: Recompute) -> Recompute {
+        let all = [Recompute::Any, Recompute::Singleton, Recompute::Deferred];
+        let Some(value) = Self::leaf(map, path) else { return default };
+        match all.into_iter().find(|r| value.as_str() == Some(r.as_str())) {
+            Some(r) => r,
+            None => {
+                let names: Vec<String> = all.iter().map(|r| format!("\"{}\"", r.as_str())).collect();
+                self.problems.push(format!("{path} = {value} must be {}", names.join(" or ")));
                 default
             }
         }
@@ -692,6 +734,11 @@ const KEYS: &[(&str, &str, DefaultOf)] = &[
         "push_identities",
         "who may push which clusters (bearer token or client certificate); empty: anyone",
         DefaultOf::Field(|_| Value::Object(Map::new())),
+    ),
+    (
+        "recompute",
+        "who recomputes each interval: any instance, Envoy's singleton Wasm service, or defer to it",
+        DefaultOf::Probe,
     ),
     (
         "listen.otlp_http",

@@ -2,7 +2,7 @@
 //! body), the threshold book every answer reads, and the periodic recompute.
 //! [`crate::exchange`] drives these decisions hook by hook for streaming hosts.
 
-use crate::config::Config;
+use crate::config::{Config, Recompute};
 use crate::error::FleetError;
 use crate::events::EventLog;
 use crate::ingress::{body_format, grpc_message, is_gzip, query_param, unpack_body, Framing, Route};
@@ -434,7 +434,12 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
             Some((bytes, version)) => (bytes.try_into().map(u64::from_le_bytes).unwrap_or(0), Some(version)),
             None => (0, None),
         };
-        if claimed >= epoch {
+        let mine = match self.config.recompute {
+            Recompute::Any | Recompute::Singleton => claimed < epoch,
+            // The singleton claims every interval; step in only if it missed one.
+            Recompute::Deferred => claimed.saturating_add(1) < epoch,
+        };
+        if !mine {
             return Ok(false);
         }
         match self.store.set(&epoch_key(), &epoch.to_le_bytes(), version) {

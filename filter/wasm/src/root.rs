@@ -91,8 +91,10 @@ impl RootContext for FleetRoot {
 
     fn on_tick(&mut self) {
         if let Some(worker) = &self.worker {
-            if let Err(e) = worker.fleet.tick(now_ms()) {
-                log::warn!("ingero-fleet: recompute failed: {e}");
+            match worker.fleet.tick(now_ms()) {
+                Ok(Some(book)) => log::debug!("ingero-fleet: recomputed interval {}", book.epoch),
+                Ok(None) => {}
+                Err(e) => log::warn!("ingero-fleet: recompute failed: {e}"),
             }
             worker.answer_bodiless(now_ms());
         }

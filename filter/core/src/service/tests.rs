@@ -1,6 +1,7 @@
 //! The whole request flow of the core against an in-memory store.
 
 use super::*;
+use crate::config::Recompute;
 use crate::metrics::{Counter, MemoryCounters};
 use crate::otlp::tests::agent_json;
 use crate::reply::{COLD_START_BODY, QUORUM_HEADER, THRESHOLD_HEADER};
@@ -340,4 +341,22 @@ fn identities_bind_pushes_to_their_clusters() {
     assert_eq!(fleet.counters().value(Counter::Dropped(DropReason::Forbidden)), 4);
     assert_eq!(RequestHead::from_headers([("authorization", "Bearer abc")]).bearer, Some("abc"));
     assert!(Config::from_json(br#"{"push_identities": {"token:x": []}}"#).is_err(), "an empty cluster list");
+}
+
+#[test]
+fn a_deferred_instance_leaves_the_recompute_to_the_singleton_unless_it_is_late() {
+    let store = std::sync::Arc::new(MemoryStore::default());
+    let make = |recompute| {
+        let config = Config { recompute, ..Config::default() };
+        Fleet::new(config, store.clone(), MemoryCounters::default())
+    };
+    let (singleton, worker) = (make(Recompute::Singleton), make(Recompute::Deferred));
+    assert_eq!(singleton.init(), Ok(()));
+    let recomputed = |fleet: &Fleet<_, _>, now| fleet.tick(now).map(|book| book.is_some());
+    assert_eq!(recomputed(&worker, PUSH_INTERVAL_MS), Ok(false), "the singleton's interval");
+    assert_eq!(recomputed(&singleton, PUSH_INTERVAL_MS), Ok(true));
+    assert_eq!(recomputed(&worker, 2 * PUSH_INTERVAL_MS), Ok(false), "the singleton is one interval behind");
+    assert_eq!(recomputed(&worker, 3 * PUSH_INTERVAL_MS), Ok(true), "two behind: the worker steps in");
+    assert_eq!(recomputed(&singleton, 3 * PUSH_INTERVAL_MS), Ok(false), "once per interval, whoever runs it");
+    assert_eq!(worker.book().epoch, 3, "the worker holds the book it published");
 }
