@@ -5,7 +5,7 @@ use crate::error::ServerError;
 use crate::limits::Limits;
 use crate::logging::{Format, LogConfig};
 use crate::tls::TlsConfig;
-use ingero_fleet_core::config::{ConfigError, Parsed};
+use ingero_fleet_core::config::{ConfigError, Mode, Parsed};
 use ingero_fleet_core::Config;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -77,6 +77,14 @@ pub fn parse_all(text: &str) -> Result<(Parsed, ServerConfig), ServerError> {
     }
     let core = Config::from_value(&value)?;
     let mut check = Check::default();
+    // The server is the pushes' destination; observe mode and the wasm header pause are for proxy filters.
+    if core.config.mode == Mode::Observe {
+        check.problems.push(
+            "mode = \"observe\" is for a filter in a proxy in front of a collector (envoy/envoy-observe.yaml); \
+             the standalone server always answers pushes"
+                .into(),
+        );
+    }
     let server = ServerConfig {
         tls: tls_section(&mut check, own.get("tls")),
         limits: limits_section(&mut check, own.get("limits")),
@@ -292,6 +300,12 @@ mod tests {
         assert_eq!(parse("").map(|p| p.config).ok(), Some(Config::default()));
         assert_eq!(parse("# only a comment\n").map(|p| p.config).ok(), Some(Config::default()));
         assert_eq!(parse_all("").map(|(_, s)| s).ok(), Some(ServerConfig::default()));
+    }
+
+    #[test]
+    fn observe_mode_is_refused_with_a_reason() {
+        let error = parse("mode: observe").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("standalone server always answers pushes"), "{error}");
     }
 
     #[test]
