@@ -194,9 +194,11 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         };
         let cluster = query_param(head.path, "cluster_id", self.config.max_id_bytes);
         let named = cluster.as_ref().ok().and_then(Option::clone);
+        // A push refused from its head is answered in its own encoding where it names one.
+        let format = body_format(head.content_type).map_or(BodyFormat::Json, |(format, _)| format);
         let refuse = |error: FleetError| {
             if route == Route::Push {
-                let answer = self.refused(BodyFormat::Json, &error, self.piggyback(named.as_deref()));
+                let answer = self.refused(format, &error, self.piggyback(named.as_deref()));
                 HeadStep::Refuse(answer, named.clone())
             } else {
                 HeadStep::Answer(self.refused(BodyFormat::Json, &error, None))

@@ -360,3 +360,18 @@ fn a_deferred_instance_leaves_the_recompute_to_the_singleton_unless_it_is_late()
     assert_eq!(recomputed(&singleton, 3 * PUSH_INTERVAL_MS), Ok(false), "once per interval, whoever runs it");
     assert_eq!(worker.book().epoch, 3, "the worker holds the book it published");
 }
+
+#[test]
+fn a_push_refused_from_its_head_is_answered_in_its_own_encoding() {
+    let fleet = fleet();
+    let head = RequestHead {
+        content_encoding: Some("br"),
+        ..head("POST", "/v1/metrics?cluster_id=c1", Some("application/x-protobuf"))
+    };
+    let answer = fleet.handle(&head, b"x", 0).unwrap_or_else(|| unreachable!("a Fleet route"));
+    assert_eq!(answer.reply.status, 415);
+    assert_eq!(answer.reply.header("content-type"), Some("application/x-protobuf"));
+    let status = <crate::otlp::RpcStatus as prost::Message>::decode(answer.reply.body.as_slice()).map(|s| s.message);
+    let status = status.unwrap_or_else(|e| unreachable!("{e}"));
+    assert!(status.contains("Content-Encoding"), "{status}");
+}
