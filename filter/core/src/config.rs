@@ -18,6 +18,10 @@ pub const DEFAULT_MAX_EXPECTED_NODES: u32 = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 pub const DEFAULT_MAX_ID_BYTES: usize = 256;
 pub const DEFAULT_MAX_POINTS_PER_PUSH: usize = 10_000;
+/// A Collector batch of 8 192 one-point resources fits (docs/limits.md).
+pub const DEFAULT_MAX_RESOURCES_PER_PUSH: usize = 10_000;
+/// Cohorts per cluster in a recompute; more are left out of the book (docs/limits.md).
+pub const DEFAULT_MAX_COHORTS_PER_CLUSTER: u32 = 16;
 pub const DEFAULT_MAX_CLUSTERS: u32 = 1_000;
 
 /// Validated configuration shared by every front door.
@@ -47,6 +51,10 @@ pub struct Config {
     pub max_id_bytes: usize,
     /// Most data points accepted in one push.
     pub max_points_per_push: usize,
+    /// Most resources (nodes, in an agent's push) accepted in one push.
+    pub max_resources_per_push: usize,
+    /// Most cohorts (cgroup path hashes) of one cluster a recompute keeps.
+    pub max_cohorts_per_cluster: u32,
     /// proxy-wasm filter only: hold a push at its headers while the body
     /// arrives. That needs Envoy's `allow_on_headers_stop_iteration: true`;
     /// where the host cannot set it (Istio's WasmPlugin), set this false and let
@@ -91,6 +99,8 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_id_bytes: DEFAULT_MAX_ID_BYTES,
             max_points_per_push: DEFAULT_MAX_POINTS_PER_PUSH,
+            max_resources_per_push: DEFAULT_MAX_RESOURCES_PER_PUSH,
+            max_cohorts_per_cluster: DEFAULT_MAX_COHORTS_PER_CLUSTER,
             pause_on_headers: true,
             listen: Listen::default(),
         }
@@ -153,6 +163,8 @@ impl Config {
                 "max_body_bytes",
                 "max_id_bytes",
                 "max_points_per_push",
+                "max_resources_per_push",
+                "max_cohorts_per_cluster",
                 "pause_on_headers",
             ],
         );
@@ -170,6 +182,8 @@ impl Config {
             max_body_bytes: check.int(root, "max_body_bytes", d.max_body_bytes, 1024, 64 << 20),
             max_id_bytes: check.int(root, "max_id_bytes", d.max_id_bytes, 8, 4096),
             max_points_per_push: check.int(root, "max_points_per_push", d.max_points_per_push, 1, 1_000_000),
+            max_resources_per_push: check.int(root, "max_resources_per_push", d.max_resources_per_push, 1, 1_000_000),
+            max_cohorts_per_cluster: check.int(root, "max_cohorts_per_cluster", d.max_cohorts_per_cluster, 1, 10_000),
             pause_on_headers: check.boolean(root, "pause_on_headers", d.pause_on_headers),
             listen: Listen {
                 otlp_http: check.string(listen, "listen.otlp_http", d.listen.otlp_http),
@@ -380,7 +394,8 @@ mod tests {
         let p = parse(
             r#"{"threshold":{"k":2.5,"ema_alpha":1},"push_interval":"30s","ttl_multiplier":3,
                 "quorum":{"statistical_min":7,"coverage_fraction":0.5},"max_expected_nodes":100,
-                "max_body_bytes":2048,"max_id_bytes":64,"max_points_per_push":50}"#,
+                "max_body_bytes":2048,"max_id_bytes":64,"max_points_per_push":50,
+                "max_resources_per_push":7,"max_cohorts_per_cluster":3}"#,
         )
         .map(|p| p.config);
         let c = p.as_ref().ok();
@@ -394,6 +409,7 @@ mod tests {
         assert_eq!(c.map(|c| c.max_body_bytes), Some(2048));
         assert_eq!(c.map(|c| c.max_id_bytes), Some(64));
         assert_eq!(c.map(|c| c.max_points_per_push), Some(50));
+        assert_eq!(c.map(|c| (c.max_resources_per_push, c.max_cohorts_per_cluster)), Some((7, 3)));
         assert_eq!(c.map(|c| c.pause_on_headers), Some(true));
         let flag = |json: &str| Config::from_json(json.as_bytes()).map(|p| p.config.pause_on_headers);
         assert_eq!(flag(r#"{"pause_on_headers":false}"#), Ok(false));

@@ -25,6 +25,8 @@ pub enum FleetError {
     BodyTooLarge { limit: usize },
     #[error("push has more than max_points_per_push ({limit}) data points")]
     TooManyPoints { limit: usize },
+    #[error("push has more than max_resources_per_push ({limit}) resources")]
+    TooManyResources { limit: usize },
     #[error("new cluster refused: max_clusters ({limit}) clusters already have tracked nodes")]
     TooManyClusters { limit: u32, retry_after_s: u32 },
     #[error("unsupported Content-Type {0:?}: use application/json or application/x-protobuf")]
@@ -51,7 +53,7 @@ impl FleetError {
             | Self::BadJson(_)
             | Self::BadProtobuf(_)
             | Self::BadGzip(_) => 400,
-            Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } => 413,
+            Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } | Self::TooManyResources { .. } => 413,
             Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) => 415,
             Self::MethodNotAllowed { .. } => 405,
             Self::TooManyClusters { .. } => 429,

@@ -1,5 +1,7 @@
 //! What a request did: its answer and the counts it adds to Fleet's metrics.
 
+use crate::error::FleetError;
+use crate::events::EventsStored;
 use crate::reply::Reply;
 
 /// Why something sent to Fleet was not stored, as counted in `ingero_fleet_dropped_total{reason}`.
@@ -13,6 +15,14 @@ pub enum DropReason {
     MaxNodesPerCluster,
     /// A push for a new cluster arrived past `max_clusters` (answered 429).
     MaxClusters,
+    /// A push with more resources than `max_resources_per_push` (answered 413).
+    MaxResourcesPerPush,
+    /// A push with more data points than `max_points_per_push` (answered 413).
+    MaxPointsPerPush,
+    /// A new node whose registry shard is full (see `registry`).
+    ShardFull,
+    /// A straggler event of a new cluster whose event shard is full (see `events`).
+    EventShardFull,
     /// A whole request was refused with this status.
     Refused(u16),
 }
@@ -25,6 +35,10 @@ impl DropReason {
             Self::MaxExpectedNodes => "max_expected_nodes",
             Self::MaxNodesPerCluster => "max_nodes_per_cluster",
             Self::MaxClusters => "max_clusters",
+            Self::MaxResourcesPerPush => "max_resources_per_push",
+            Self::MaxPointsPerPush => "max_points_per_push",
+            Self::ShardFull => "shard_full",
+            Self::EventShardFull => "event_shard_full",
             Self::Refused(400) => "bad_request",
             Self::Refused(405) => "method_not_allowed",
             Self::Refused(413) => "body_too_large",
@@ -32,6 +46,28 @@ impl DropReason {
             Self::Refused(503) => "busy",
             Self::Refused(_) => "refused",
         }
+    }
+}
+
+impl DropReason {
+    /// How a whole-request refusal is counted.
+    pub fn of(error: &FleetError) -> Self {
+        match error {
+            FleetError::TooManyClusters { .. } => Self::MaxClusters,
+            FleetError::TooManyResources { .. } => Self::MaxResourcesPerPush,
+            FleetError::TooManyPoints { .. } => Self::MaxPointsPerPush,
+            _ => Self::Refused(error.status()),
+        }
+    }
+}
+
+impl EventsStored {
+    /// The events not stored, by reason.
+    pub fn drops(&self) -> Vec<(DropReason, u64)> {
+        [(DropReason::EventShardFull, self.shard_full), (DropReason::Refused(503), self.busy)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 

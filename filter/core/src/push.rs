@@ -4,9 +4,11 @@
 //! counted in `partialSuccess`, and never reaches the registry.
 
 use crate::config::Config;
+use crate::error::FleetError;
 use crate::events::StragglerEvent;
 use crate::node::{NodeDetails, NodeScore, NodeState, DETAIL_GAUGES};
 use crate::otlp::{attribute, AnyValue, ExportRequest, KeyValue, Metric, NumberPoint, ResourceMetrics};
+use std::collections::HashMap;
 
 pub const HEALTH_SCORE: &str = "ingero.node.health_score";
 pub const STRAGGLER_EVENT: &str = "ingero.node.straggler_event";
@@ -35,19 +37,36 @@ impl PushBatch {
     }
 }
 
+/// Refuses a push past `max_resources_per_push` or `max_points_per_push`
+/// before any of it is read into scores: the work a push may cost is bounded.
+pub fn check_size(request: &ExportRequest, config: &Config) -> Result<(), FleetError> {
+    if request.resource_metrics.len() > config.max_resources_per_push {
+        return Err(FleetError::TooManyResources { limit: config.max_resources_per_push });
+    }
+    if request.point_count() > config.max_points_per_push {
+        return Err(FleetError::TooManyPoints { limit: config.max_points_per_push });
+    }
+    Ok(())
+}
+
 /// Validates a request's points. `query_cluster` (already checked) wins over the
 /// resource attribute; the caller has ensured that one of the two exists.
 /// A node repeated within one push (in several points or resources) is stored
-/// once: its newest valid point wins, the later one on a tie.
+/// once: its newest valid point wins, the later one on a tie. Linear in the
+/// push: repeats are found by hash (std's randomly keyed SipHash), whatever the ids.
 pub fn extract(request: ExportRequest, query_cluster: Option<&str>, config: &Config) -> PushBatch {
     let mut batch = PushBatch::default();
     let mut newest: Vec<(u64, NodeScore)> = Vec::new();
+    let mut slots: HashMap<(String, String), usize> = HashMap::new();
     for resource in request.resource_metrics {
         let Some((time, score)) = extract_resource(resource, query_cluster, config, &mut batch) else { continue };
-        match newest.iter_mut().find(|(_, s)| s.node == score.node && s.cluster == score.cluster) {
-            Some(slot) if slot.0 <= time => *slot = (time, score),
+        match slots.get(&(score.cluster.clone(), score.node.clone())) {
+            Some(&at) if newest[at].0 <= time => newest[at] = (time, score),
             Some(_) => {}
-            None => newest.push((time, score)),
+            None => {
+                slots.insert((score.cluster.clone(), score.node.clone()), newest.len());
+                newest.push((time, score));
+            }
         }
     }
     batch.scores = newest.into_iter().map(|(_, s)| s).collect();

@@ -9,7 +9,7 @@ use crate::listing::{self, Page};
 use crate::metrics::{self, CounterSink};
 use crate::otlp::{BodyFormat, ExportRequest};
 use crate::outcome::{Answer, DropReason, Outcome};
-use crate::push::{extract, names_a_cluster};
+use crate::push::{check_size, extract, names_a_cluster};
 use crate::registry::{Admission, Registry};
 use crate::reply::Reply;
 use crate::store::{SharedStore, StoreError, KEY_PREFIX};
@@ -186,7 +186,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         self.registry().sweep(now_ms, self.config.node_ttl_ms(), |record| tally.add(record))?;
         let previous = self.published_book(None)?.map(|(book, _)| book).unwrap_or_default();
         let next = previous.next(tally, &self.config, epoch, now_ms);
-        self.store.set(&book_key(), &next.encode(), None).map_err(store_error)?;
+        self.store.set(&book_key(), &next.encode()?, None).map_err(store_error)?;
         Ok(Some(next))
     }
 
@@ -194,7 +194,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     pub fn published_book(&self, known_version: Option<u32>) -> Result<Option<(ThresholdBook, u32)>, FleetError> {
         match self.store.get(&book_key()).map_err(store_error)? {
             Some((_, version)) if Some(version) == known_version => Ok(None),
-            Some((bytes, version)) => Ok(Some((ThresholdBook::decode(&bytes), version))),
+            Some((bytes, version)) => Ok(Some((ThresholdBook::decode(&bytes)?, version))),
             None => Ok(None),
         }
     }
@@ -244,9 +244,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         }
         let body = unpack_body(body, push.gzip, self.config.max_body_bytes)?;
         let request = ExportRequest::decode(push.format, &body)?;
-        if request.point_count() > self.config.max_points_per_push {
-            return Err(FleetError::TooManyPoints { limit: self.config.max_points_per_push });
-        }
+        check_size(&request, &self.config)?;
         if !names_a_cluster(&request, push.cluster.as_deref()) {
             return Err(FleetError::MissingClusterId);
         }
@@ -259,11 +257,11 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                 over_capacity.push(cap);
             }
         }
-        EventLog::new(&self.store).record(&batch.straggler_events)?;
+        let events = EventLog::new(&self.store).record(&batch.straggler_events)?;
         let straggler_events = batch.straggler_events.len() as u64;
-        let mut outcome = Outcome { accepted_push: true, straggler_events, drops: Vec::new() };
-        let mut rejected = batch.rejected;
-        let mut message = batch.rejection.clone();
+        let mut outcome = Outcome { accepted_push: true, straggler_events, drops: events.drops() };
+        let mut rejected = batch.rejected + events.shard_full + events.busy;
+        let mut message = batch.rejection.clone().or(events.message);
         if batch.rejected > 0 {
             outcome.drops.push((DropReason::InvalidPoint, batch.rejected));
         }
@@ -306,10 +304,7 @@ impl PendingPush {
 }
 
 fn refused(format: BodyFormat, error: &FleetError, piggyback: Option<f64>) -> Answer {
-    let reason = match error {
-        FleetError::TooManyClusters { .. } => DropReason::MaxClusters,
-        _ => DropReason::Refused(error.status()),
-    };
+    let reason = DropReason::of(error);
     Answer {
         reply: Reply::error(format, error).with_piggyback(piggyback),
         outcome: Outcome { drops: vec![(reason, 1)], ..Outcome::default() },

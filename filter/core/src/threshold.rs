@@ -7,6 +7,7 @@
 use crate::config::Config;
 use crate::node::{LiveNode, NodeState};
 use crate::stats::Spread;
+use crate::store::{decode, encode, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -50,6 +51,8 @@ pub struct ThresholdBook {
     pub epoch: u64,
     pub computed_at_ms: u64,
     pub cohorts: Vec<ThresholdSnapshot>,
+    /// Cohorts left out of this book by `max_cohorts_per_cluster`.
+    pub cohorts_over_cap: u32,
 }
 
 /// The live nodes grouped by cohort, reduced to what the statistics need, so a
@@ -89,15 +92,30 @@ impl CohortTally {
 
 impl ThresholdBook {
     /// The next book from the live nodes' tally, smoothing against `self`.
+    /// A cluster keeps at most `max_cohorts_per_cluster` cohorts: the default
+    /// cohort, then the ones with most live nodes (ties by id); the others get
+    /// no snapshot and are counted in `cohorts_over_cap`, so a cluster whose
+    /// nodes each name their own cohort cannot grow the book, `/metrics` or the listings.
     pub fn next(&self, tally: CohortTally, config: &Config, epoch: u64, now_ms: u64) -> ThresholdBook {
+        let cap = config.max_cohorts_per_cluster as usize;
         let mut cohorts = Vec::new();
+        let mut cohorts_over_cap = 0u32;
         for (cluster, groups) in tally.clusters {
+            let mut groups: Vec<(String, Group)> = groups.into_iter().collect();
+            if groups.len() > cap {
+                groups.sort_by(|(a, ga), (b, gb)| {
+                    (!a.is_empty()).cmp(&!b.is_empty()).then(gb.live_nodes.cmp(&ga.live_nodes)).then(a.cmp(b))
+                });
+                cohorts_over_cap = cohorts_over_cap.saturating_add((groups.len() - cap) as u32);
+                groups.truncate(cap);
+                groups.sort_by(|(a, _), (b, _)| a.cmp(b));
+            }
             for (cohort, group) in groups {
                 let previous = self.cohort(&cluster, &cohort).and_then(|s| s.threshold);
                 cohorts.push(snapshot(cluster.clone(), cohort, group, previous, config));
             }
         }
-        ThresholdBook { epoch, computed_at_ms: now_ms, cohorts }
+        ThresholdBook { epoch, computed_at_ms: now_ms, cohorts, cohorts_over_cap }
     }
 
     /// The snapshot of one cohort, if it has live nodes.
@@ -113,14 +131,15 @@ impl ThresholdBook {
         self.cohort(cluster, cohort).and_then(|s| s.threshold)
     }
 
-    /// Serialized form for shared data.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+    /// Serialized form for shared data; a failure is an error, never an empty book written.
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        encode("book", self)
     }
 
-    /// Reads a published book; an unreadable one is empty (the next recompute replaces it).
-    pub fn decode(bytes: &[u8]) -> ThresholdBook {
-        postcard::from_bytes(bytes).unwrap_or_default()
+    /// Reads a published book (the key as created at init reads as the empty
+    /// book); an unreadable one is an error, never read as "no thresholds".
+    pub fn decode(bytes: &[u8]) -> Result<ThresholdBook, StoreError> {
+        decode("book", bytes)
     }
 }
 
@@ -265,6 +284,25 @@ mod tests {
     #[test]
     fn round_trips_through_shared_data() {
         let book = ThresholdBook::default().next(tally(&records("c", &SCORES)), &Config::default(), 7, 42);
-        assert_eq!(ThresholdBook::decode(&book.encode()), book);
+        assert_eq!(ThresholdBook::decode(&book.encode().unwrap()), Ok(book));
+        assert_eq!(ThresholdBook::decode(&[]), Ok(ThresholdBook::default()));
+        assert!(ThresholdBook::decode(&[0xff; 3]).is_err());
+    }
+
+    #[test]
+    fn cohorts_per_cluster_are_capped_and_counted() {
+        let config = Config { max_cohorts_per_cluster: 3, ..Config::default() };
+        let mut live = records("c", &SCORES); // the default cohort, 5 nodes
+        for cohort in 0..50 {
+            live.push(record("c", &format!("own-{cohort:02}"), 100 + cohort, 0.5));
+        }
+        live.push(record("c", "big", 200, 0.5));
+        live.push(record("c", "big", 201, 0.5));
+        live.extend(records("other", &SCORES));
+        let book = ThresholdBook::default().next(tally(&live), &config, 1, 0);
+        let kept: Vec<_> = book.cohorts.iter().map(|s| (s.cluster.as_str(), s.cohort.as_str())).collect();
+        assert_eq!(kept, [("c", ""), ("c", "big"), ("c", "own-00"), ("other", "")]);
+        assert_eq!(book.cohorts_over_cap, 49);
+        assert!(close(book.threshold("c", ""), RAW), "the default cohort is kept whole");
     }
 }
