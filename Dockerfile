@@ -1,8 +1,10 @@
 # The standalone Fleet server (`ingero-fleet`, crate server/) in a small
-# non-root image. Build from the repository root:
-#   docker build -t ingero-fleet .
+# non-root image. Build from the repository root (the name and tag the Helm
+# chart's standalone.image and istio/workload.yaml use; tag = the release):
+#   docker build -t ghcr.io/ingero-fleet-envoy/ingero-fleet-server:0.1.0 .
 # Run as in the deployment guide (docs/deploying.md, "Standalone server"):
-#   docker run -d --name ingero-fleet -p 4317:4317 -p 4318:4318 -p 8080:8080 ingero-fleet
+#   docker run -d --name ingero-fleet -p 4317:4317 -p 4318:4318 -p 8080:8080 \
+#     ghcr.io/ingero-fleet-envoy/ingero-fleet-server:0.1.0
 # Without a file at /etc/ingero-fleet/config.yaml the embedded defaults apply;
 # mount one with -v $(pwd)/fleet-config.yaml:/etc/ingero-fleet/config.yaml.
 

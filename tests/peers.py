@@ -11,8 +11,10 @@ import json
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -189,7 +191,9 @@ def output(collector: Collector) -> list[dict]:
     path = collector.tmp / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Only whole lines: the exporter may be half-way through writing the last one.
+    complete, _, _ = path.read_text().rpartition("\n")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def refusing_collector(port: int | None = None) -> Collector:
@@ -202,3 +206,15 @@ def refusing_collector(port: int | None = None) -> Collector:
     if port is not None:
         collector.otlp_port = port
     return collector
+
+
+@contextmanager
+def observe_door(config: dict) -> Iterator:
+    """A front door for tests/frontdoors.py's suites: the filter in observe mode
+    (Envoy --concurrency 4) in front of a real collector that accepts every push."""
+    from frontdoors import Door
+
+    with file_collector() as collector:
+        envoy, ports = observe_envoy(config, collector.otlp_port, concurrency=4)
+        with envoy:
+            yield Door("observe", ports.push, ports.api, ports.metrics)

@@ -2,7 +2,12 @@
 details and scrape metrics is decided by the connection's source address.
 127.0.0.1 is in both example ranges; 127.0.0.2 is in none; the test adds
 127.0.0.3 to the agent range only, as an agent that is not an operator. The
-mTLS variant matches the client certificate's identity instead of the address."""
+mTLS variant matches the client certificate's identity instead of the address.
+
+Every path is also tried on every port, here and on each Envoy front door of
+the shared registry: a port answers its own role's paths only (pushes on the
+push port; threshold, listings and dashboard on the API port; /metrics on the
+metrics port) and 404 (or RBAC's 403) for the rest."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import subprocess
 import pytest
 
 from fleet import ROOT, Envoy, agent_push, free_port, render_envoy, scrape, wait_for
+from frontdoors import FRONT_DOORS
 
 OPERATOR, STRANGER, AGENT = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 DENIED = (403, b"RBAC: access denied")
@@ -77,6 +83,53 @@ def test_reads_are_split_between_agents_and_operators(ports, source, threshold, 
     assert call(ports["api"], source, "GET", "/api/v1/clusters")[0] == listing
     assert call(ports["api"], source, "GET", "/")[0] == listing
     assert call(ports["metrics"], source, "GET", "/metrics")[0] == scraping
+
+
+# === every path on every port ===
+
+# Each Fleet path, the port whose role it belongs to, and the request.
+PATHS = {
+    "push": ("otlp_http", "POST", "/v1/metrics?cluster_id=acl"),
+    "threshold": ("api", "GET", "/api/v1/threshold?cluster_id=acl"),
+    "clusters": ("api", "GET", "/api/v1/clusters"),
+    "nodes": ("api", "GET", "/api/v1/nodes?cluster_id=acl"),
+    "dashboard": ("api", "GET", "/"),
+    "metrics": ("metrics", "GET", "/metrics"),
+    "elsewhere": (None, "GET", "/not-fleet"),
+}
+
+
+def rbac_allows(source: str, port: str, path: str) -> bool:
+    """envoy-rbac.yaml's policies, as the header comment states them."""
+    if port == "otlp_http":
+        return source in (OPERATOR, AGENT)
+    if port == "api":
+        return source == OPERATOR or (source == AGENT and path.startswith("/api/v1/threshold?"))
+    return source == OPERATOR
+
+
+def try_path(ports: dict, source: str, port: str, name: str) -> int:
+    _, method, path = PATHS[name]
+    body = agent_push(f"matrix-{source}", 0.9, cluster="acl") if method == "POST" else None
+    return call(ports[port], source, method, path, body)[0]
+
+
+@pytest.mark.parametrize("port", ["otlp_http", "api", "metrics"])
+@pytest.mark.parametrize("source", [OPERATOR, AGENT, STRANGER])
+def test_rbac_every_path_on_every_port(ports, source, port):
+    seen = {name: try_path(ports, source, port, name) for name in PATHS}
+    expected = {name: (403 if not rbac_allows(source, port, path) else 200 if role == port else 404)
+                for name, (role, _, path) in PATHS.items()}
+    assert seen == expected
+
+
+@pytest.mark.parametrize("door", ["filter", "dynamic", "upstream", "sidecar"])
+def test_each_port_serves_its_role_only(door):
+    with FRONT_DOORS[door]({"push_interval": "1s"}) as d:
+        by_port = {"otlp_http": d.push, "api": d.api, "metrics": d.metrics}
+        seen = {(port, name): try_path(by_port, OPERATOR, port, name) for port in by_port for name in PATHS}
+    expected = {(port, name): 200 if PATHS[name][0] == port else 404 for port in by_port for name in PATHS}
+    assert seen == expected
 
 
 # === mutual TLS: the same policies, matched on the client certificate ===
