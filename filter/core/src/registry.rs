@@ -582,7 +582,7 @@ mod tests {
         let store = Contended { inner: MemoryStore::default(), fail_next: std::cell::Cell::new(false) };
         let reg = Registry::new(&store, 100);
         reg.init().unwrap();
-                for i in 0..20 {
+        for i in 0..20 {
             assert_eq!(reg.record(&score("c", &format!("n{i}"), 0.5), 0, caps(100)), Ok(Admission::Inserted));
         }
         assert_eq!(reg.records().map(|r| r.len()), Ok(20));

@@ -42,10 +42,8 @@ impl SharedStore for HostSharedData {
             proxy_wasm::types::LogLevel::Warn,
             "ingero-fleet: the host has no random_get; the hash seed comes from the clock and addresses",
         );
-        let nanos = hostcalls::get_current_time()
-            .map_err(host_error)?
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos =
+            hostcalls::get_current_time().map_err(host_error)?.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let heap = Box::new(nanos);
         let stack = 0u8;
         let mixed = [nanos as u64, (nanos >> 64) as u64, &*heap as *const u128 as u64, &stack as *const u8 as u64];
