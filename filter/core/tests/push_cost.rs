@@ -72,7 +72,7 @@ mod cost {
         let out = Command::new("valgrind")
             .args(["--tool=callgrind", "--callgrind-out-file=/dev/null", "--toggle-collect=*push::extract"])
             .arg(me)
-            .args(["--exact", "child_extracts_one_push", "--test-threads=1", "--quiet"])
+            .args(["--exact", "cost::child_extracts_one_push", "--test-threads=1", "--quiet"])
             .env(CHILD, format!("{resources},{id_len},{}", u8::from(shared)))
             .output()
             .unwrap();
@@ -80,7 +80,9 @@ mod cost {
         assert!(out.status.success(), "{stderr}");
         let collected =
             stderr.lines().find_map(|l| l.split("Collected :").nth(1)).unwrap_or_else(|| panic!("{stderr}"));
-        collected.trim().parse().unwrap()
+        let n: u64 = collected.trim().parse().unwrap();
+        assert!(n > 0, "the child did not run extract:\n{stderr}");
+        n
     }
 
     #[test]
