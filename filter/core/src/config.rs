@@ -422,7 +422,7 @@ mod tests {
         let err = parse(r#"{"threshold":{"k":7,"ema_alpha":0},"push_interval":"soon","ttl_multiplier":1}"#)
             .err()
             .map(|e| e.to_string())
-            .unwrap_or_default();
+            .unwrap();
         assert!(err.contains("threshold.k = 7 is out of range: must be a number in [1, 4]"), "{err}");
         assert!(err.contains("threshold.ema_alpha = 0 is out of range: must be a number in (0, 1]"), "{err}");
         assert!(err.contains("push_interval = \"soon\""), "{err}");
@@ -436,14 +436,14 @@ mod tests {
         let c = parse(r#"{"max_nodes_per_cluster":5,"max_clusters":3,"push_interval":"500ms"}"#).map(|p| p.config);
         let caps = c.as_ref().map(Config::node_caps).ok();
         assert_eq!(caps, Some(NodeCaps { nodes: 10_000, nodes_per_cluster: 5, clusters: 3, retry_after_s: 1 }));
-        let err = parse(r#"{"max_clusters":0}"#).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse(r#"{"max_clusters":0}"#).err().map(|e| e.to_string()).unwrap();
         assert!(err.contains("max_clusters = 0 is out of range: must be an integer in [1, 100000]"), "{err}");
     }
 
     #[test]
     fn warns_about_unknown_keys() {
         let p = parse(r#"{"threshold":{"kk":1},"colour":"blue"}"#);
-        let warnings = p.map(|p| p.warnings).unwrap_or_default();
+        let warnings = p.map(|p| p.warnings).unwrap();
         assert!(warnings.contains(&"unknown configuration key threshold.kk ignored".to_string()));
         assert!(warnings.contains(&"unknown configuration key colour ignored".to_string()));
     }

@@ -39,6 +39,9 @@ pub enum FleetError {
     Busy,
     #[error("shared data unavailable: {0}")]
     SharedData(String),
+    /// An answer could not be serialized: a bug, never answered with an empty body.
+    #[error("cannot render the answer: {0}")]
+    Render(String),
 }
 
 impl FleetError {
@@ -58,6 +61,7 @@ impl FleetError {
             Self::MethodNotAllowed { .. } => 405,
             Self::TooManyClusters { .. } => 429,
             Self::Busy | Self::SharedData(_) => 503,
+            Self::Render(_) => 500,
         }
     }
 
@@ -66,6 +70,7 @@ impl FleetError {
         match self.status() {
             503 => 14,      // UNAVAILABLE
             413 | 429 => 8, // RESOURCE_EXHAUSTED
+            500 => 13,      // INTERNAL
             _ => 3,         // INVALID_ARGUMENT
         }
     }

@@ -186,6 +186,7 @@ mod tests {
             stragglers: 1,
             world_size: 8,
             coverage_low: true,
+            histogram: Vec::new(),
         }
     }
 

@@ -234,7 +234,7 @@ mod tests {
     use crate::otlp::BodyFormat;
 
     fn batch(json: &str, query: Option<&str>) -> PushBatch {
-        let req = ExportRequest::decode(BodyFormat::Json, json.as_bytes()).unwrap_or_default();
+        let req = ExportRequest::decode(BodyFormat::Json, json.as_bytes()).unwrap();
         extract(req, query, &Config::default())
     }
 
@@ -274,7 +274,7 @@ mod tests {
         let sleepy = agent_json("n", "0.5").replace("\"active\"", "\"asleep\"");
         let b = batch(&sleepy, None);
         assert_eq!((b.scores.len(), b.rejected), (0, 1));
-        assert!(b.rejection.unwrap_or_default().contains("ingero.node.state"));
+        assert!(b.rejection.unwrap().contains("ingero.node.state"));
         let idle = agent_json("n", "0.5").replace("\"active\"", "\"idle\"");
         assert_eq!(batch(&idle, None).scores[0].state, NodeState::Idle);
     }
@@ -306,7 +306,7 @@ mod tests {
         let one = |score: &str, time: &str| {
             let json = agent_json("n", score).replace("1700000000000000000", time);
             let inner = json.strip_prefix(r#"{"resourceMetrics":["#).and_then(|j| j.strip_suffix("]}"));
-            inner.unwrap_or_default().to_owned()
+            inner.unwrap().to_owned()
         };
         let body = format!(r#"{{"resourceMetrics":[{},{},{}]}}"#, one("0.2", "3"), one("0.7", "9"), one("0.4", "5"));
         let b = batch(&body, None);
@@ -330,7 +330,7 @@ mod tests {
     #[test]
     fn cluster_presence() {
         fn req(j: &str) -> ExportRequest<'_> {
-            ExportRequest::decode(BodyFormat::Json, j.as_bytes()).unwrap_or_default()
+            ExportRequest::decode(BodyFormat::Json, j.as_bytes()).unwrap()
         }
         assert!(!names_a_cluster(&req("{\"resourceMetrics\":[]}"), None));
         assert!(names_a_cluster(&req("{\"resourceMetrics\":[]}"), Some("c")));

@@ -219,12 +219,12 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
             }
             Route::Clusters => {
                 let events = EventLog::new(&self.store);
-                Reply::json(listing::clusters(book, Page::from_path(path)?, |c| events.recent(c).unwrap_or_default()))
+                Reply::json(listing::clusters(book, Page::from_path(path)?, |c| events.recent(c))?)
             }
             Route::Nodes => {
                 let cluster = cluster()?;
                 let page = Page::from_path(path)?;
-                Reply::json(listing::nodes(&cluster, self.registry().records()?, book, page))
+                Reply::json(listing::nodes(&cluster, self.registry().records()?, book, page)?)
             }
             Route::Dashboard => Reply::html(DASHBOARD_HTML),
             Route::Push => return Err(FleetError::MethodNotAllowed { method: "GET".into(), allowed: "POST" }),

@@ -35,7 +35,13 @@ pub struct ThresholdSnapshot {
     /// The largest `world_size` the cohort's nodes report (0 if none).
     pub world_size: u32,
     pub coverage_low: bool,
+    /// Active nodes by score in [`HISTOGRAM_BINS`] bins of equal width (1.0 in the last):
+    /// the dashboard's histogram without listing every node.
+    pub histogram: Vec<u32>,
 }
+
+/// Bins of [`ThresholdSnapshot::histogram`].
+pub const HISTOGRAM_BINS: usize = 20;
 
 impl ThresholdSnapshot {
     /// Whether the cohort has enough active nodes for a threshold.
@@ -162,6 +168,11 @@ fn snapshot(
     });
     let stragglers = threshold.map_or(0, |t| scores.iter().filter(|s| *s + STRAGGLER_EPSILON < t).count() as u32);
     let world_size = group.world_size;
+    let mut histogram = vec![0u32; HISTOGRAM_BINS];
+    for s in &scores {
+        let bin = ((s * HISTOGRAM_BINS as f64) as usize).min(HISTOGRAM_BINS - 1);
+        histogram[bin] += 1;
+    }
     ThresholdSnapshot {
         cluster,
         cohort,
@@ -173,6 +184,7 @@ fn snapshot(
         stragglers,
         world_size,
         coverage_low: f64::from(active_nodes) < config.coverage_fraction * f64::from(world_size),
+        histogram,
     }
 }
 
@@ -220,6 +232,10 @@ mod tests {
         let five = ThresholdBook::default().next(tally(&records("c", &SCORES)), &config, 1, 0);
         assert!(close(five.threshold("c", ""), RAW));
         assert_eq!(five.cohort("c", "").map(|s| s.stragglers), Some(1), "0.5 is below");
+        let histogram = five.cohort("c", "").map(|s| s.histogram.clone()).unwrap();
+        // 0.5 → bin 10, 0.8 → 16, 0.9 → 18, 0.92 and 0.95 → 18 and 19.
+        assert_eq!((histogram.len(), histogram.iter().sum::<u32>()), (HISTOGRAM_BINS, 5));
+        assert_eq!((histogram[10], histogram[16], histogram[18], histogram[19]), (1, 1, 2, 1));
     }
 
     #[test]
