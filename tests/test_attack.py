@@ -15,15 +15,20 @@ its own processes) and each a check that failed before the fix:
 7. a flood of straggler events on many junk clusters leaves every real
    cluster's last events in place, a cluster keeps exactly its newest 16, and
    concurrent pushes of scores with events all get 200;
-10. control characters in ids never reach `/metrics` raw."""
+10. control characters in ids never reach `/metrics` raw; the dashboard's
+   median label stays inside the plot when the median is above ~0.92."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
+import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
 
 import pytest
 
@@ -242,3 +247,46 @@ def test_control_characters_never_reach_metrics_raw(door):
     assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", text)
     line = next(ln for ln in text.decode().split("\n") if ln.startswith("ingero_fleet_active_nodes{cluster_id=\"cr"))
     assert line == 'ingero_fleet_active_nodes{cluster_id="cr\\\\x0dnul\\\\x00esc\\\\x1b",cgroup_path_hash=""} 5'
+
+
+class _Labels(HTMLParser):
+    """The dashboard's mark labels: {id: (x, text-anchor, text)}."""
+
+    def __init__(self):
+        super().__init__()
+        self.labels, self._open = {}, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self._open = a["id"] if tag == "text" and a.get("id", "").endswith("-label") else None
+        if self._open:
+            self.labels[self._open] = [float(a["x"]), a["text-anchor"], ""]
+
+    def handle_data(self, data):
+        if self._open:
+            self.labels[self._open][2] += data
+
+
+def test_dashboard_median_label_stays_inside_the_plot():
+    """A cohort with median 0.97: its label used to start right of the line and
+    leave the 600-unit plot (clipped from a median of ~0.92 up)."""
+    with FRONT_DOORS["standalone"](CONFIG) as door:
+        assert send(door, *(resource("high", f"n{i}", s) for i, s in enumerate([0.97] * 6 + [0.9]))).status == 200
+        wait_for(lambda: (v := cluster_view(door, "high")) and v["quorum_met"], what="quorum")
+        profile = tempfile.mkdtemp(prefix="chromium-")
+        try:
+            dom = subprocess.run(
+                ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}",
+                 "--virtual-time-budget=4000", "--dump-dom", f"http://127.0.0.1:{door.api}/?cluster_id=high"],
+                capture_output=True, text=True, timeout=90, check=True).stdout
+        finally:
+            shutil.rmtree(profile, ignore_errors=True)
+    parsed = _Labels()
+    parsed.feed(dom)
+    x, anchor, text = parsed.labels["median-label"]
+    assert text == "median 0.970"
+    # 11-px text is at most ~7 units a character: the label must end before 600 or start after 0.
+    width = 7 * len(text)
+    assert (anchor == "start" and x + width <= 600) or (anchor == "end" and x - width >= 0), (x, anchor)
+    assert anchor == "end", "right of the line there is no room"
