@@ -130,11 +130,27 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, what: str 
 
 # === Envoy ===
 
+def unshared(node):
+    """A copy of a parsed YAML tree in which no two places share one dict or list. YAML aliases
+    (`*router`) load as the same Python object, and copy.deepcopy keeps that sharing, so an edit
+    meant for one listener would otherwise change every listener that names the anchor."""
+    if isinstance(node, dict):
+        return {key: unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [unshared(value) for value in node]
+    return node
+
+
+def load_envoy(path: Path) -> dict:
+    """An Envoy YAML file as a tree safe to edit in place (see `unshared`)."""
+    return unshared(yaml.safe_load(path.read_text()))
+
+
 def render_envoy(plugin_config: dict, ports: dict, admin_port: int,
                  template: Path | dict = ROOT / "envoy/envoy.yaml") -> dict:
     """envoy/envoy.yaml (or another config, a file or parsed) with test ports (by listener name), the built
     filter and a plugin configuration."""
-    config = copy.deepcopy(template) if isinstance(template, dict) else yaml.safe_load(template.read_text())
+    config = unshared(template) if isinstance(template, dict) else load_envoy(template)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in config["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["address"] = "127.0.0.1"

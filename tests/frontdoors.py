@@ -18,7 +18,7 @@ from typing import Callable, ContextManager, Iterator
 import yaml
 
 from dynamic import dynamic_envoy
-from fleet import ROOT, WASM, Envoy, fleet_envoy, free_port, start_serving
+from fleet import ROOT, WASM, Envoy, fleet_envoy, free_port, load_envoy, start_serving
 
 SERVER = ROOT / "target/debug/ingero-fleet"
 UPSTREAM_ENVOY = ROOT / "envoy/envoy-upstream.yaml"
@@ -82,7 +82,7 @@ class Standalone:
 
 def render_upstream(listen: dict, upstream: dict, admin_port: int) -> dict:
     """envoy/envoy-upstream.yaml with test ports: `listen` and `upstream` map listener names to ports."""
-    config = yaml.safe_load(UPSTREAM_ENVOY.read_text())
+    config = load_envoy(UPSTREAM_ENVOY)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     for listener in config["static_resources"]["listeners"]:
         listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen[listener["name"]])
@@ -101,7 +101,7 @@ def render_sidecar(listen: dict, app: dict, admin_port: int, plugin_config: dict
     pod's app (here the standalone server), without `allow_on_headers_stop_iteration`,
     which the WasmPlugin API cannot set, so the plugin runs with `pause_on_headers: false`."""
     config = render_upstream(listen, app, admin_port)
-    reference = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())["static_resources"]["listeners"][0]
+    reference = load_envoy(ROOT / "envoy/envoy.yaml")["static_resources"]["listeners"][0]
     wasm = next(hf for hf in reference["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
                 if hf["name"] == "envoy.filters.http.wasm")
     plugin = wasm["typed_config"]["config"]

@@ -30,7 +30,6 @@ import yaml
 from fleet import (ENVOY, ROOT, WASM, Envoy, Ports, agent_push, expected_threshold, fleet_envoy, free_port, push,
                    render_envoy, request, scrape, start_serving, threshold, wait_for)
 from frontdoors import Standalone
-from peers import Collector
 
 HELM = ROOT / ".tools/bin/helm"
 CHART = ROOT / "helm/ingero-fleet"
@@ -215,7 +214,8 @@ NO_BUILD = {
     "standalone-ha": ["--set", "standalone.enabled=true", "--set", "replicaCount=3"],
     "existing-configmap": ["--set", "wasm.existingConfigMap=ingero-fleet-wasm"],
     "existing-configmap-ha": ["--set", "wasm.existingConfigMap=ingero-fleet-wasm", *VALUE_SETS["guide-custom"]],
-    "url": ["--set", "wasm.url=https://example.com/releases/0.1.0/ingero_fleet_wasm.wasm", "--set", f"wasm.sha256={SHA}"],
+    "url": ["--set", "wasm.url=https://example.com/releases/0.1.0/ingero_fleet_wasm.wasm",
+            "--set", f"wasm.sha256={SHA}"],
 }
 
 
@@ -351,8 +351,8 @@ def test_more_than_one_replica_gets_the_ring_hash_front(name):
         assert cluster["lb_policy"] == "RING_HASH" and cluster["ring_hash_lb_config"]["minimum_ring_size"] == 1024
         endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
         assert [e["endpoint"]["address"]["socket_address"] for e in endpoints] == \
-            [{"address": f"ingero-fleet-{i}.ingero-fleet.ingero.svc.cluster.local", "port_value": ports[cluster["name"]]}
-             for i in range(REPLICAS[name])]
+            [{"address": f"ingero-fleet-{i}.ingero-fleet.ingero.svc.cluster.local",
+              "port_value": ports[cluster["name"]]} for i in range(REPLICAS[name])]
         assert [e["metadata"]["filter_metadata"]["envoy.lb"]["hash_key"] for e in endpoints] == \
             [f"ingero-fleet-{i}" for i in range(REPLICAS[name])]
     # Everything but the endpoints and the chart's Envoy settings is envoy/front-lb.yaml as committed (and
@@ -653,7 +653,8 @@ def test_entry_service_types_and_annotations():
         values = ["--set", "replicaCount=3", "--set", f"lb.service.type={kind}",
                   "--set", "lb.service.annotations.example\\.com/scheme=internet-facing"]
         if kind != "ClusterIP":
-            values += ["--set", "lb.service.nodePorts.otlp_http=30318", "--set", "lb.service.externalTrafficPolicy=Local"]
+            values += ["--set", "lb.service.nodePorts.otlp_http=30318",
+                       "--set", "lb.service.externalTrafficPolicy=Local"]
         if kind == "LoadBalancer":
             values += ["--set", "lb.service.loadBalancerSourceRanges[0]=10.0.0.0/8"]
         manifests = render(*values)
@@ -682,7 +683,8 @@ EXPOSED = ["--set", "ingress.enabled=true", "--set", "ingress.className=nginx",
            "--set", "ingress.hosts[0].host=fleet.example.com", "--set", "ingress.tls[0].secretName=fleet-tls",
            "--set", "ingress.tls[0].hosts[0]=fleet.example.com",
            "--set", "httpRoute.enabled=true", "--set", "httpRoute.parentRefs[0].name=public",
-           "--set", "httpRoute.parentRefs[0].namespace=gateway-system", "--set", "httpRoute.hostnames[0]=fleet.example.com"]
+           "--set", "httpRoute.parentRefs[0].namespace=gateway-system",
+           "--set", "httpRoute.hostnames[0]=fleet.example.com"]
 
 
 @pytest.mark.parametrize("mode", [[], ["--set", "standalone.enabled=true"]], ids=["filter", "standalone"])
@@ -1128,17 +1130,27 @@ OBSERVE_KEY = '"observe"' in (ROOT / "filter/core/src/config.rs").read_text() an
     "observe" in f.read_text().lower() for f in (ROOT / "filter/wasm/src").rglob("*.rs"))
 
 
-def test_observe_mode_renders_the_collector_route():
+def test_observe_mode_renders_envoy_observe_yaml():
+    """observe.upstream: the chart runs envoy/envoy-observe.yaml (pushes routed to the collector, FAIL_OPEN),
+    apart from ports, paths, the plugin configuration (with "mode": "observe") and the collector's address."""
     manifests = render("--set", "observe.upstream=otel-collector.observability:4318")
     validate(manifests)
-    config = envoy_config(manifests)
-    assert plugin_config(config)["mode"] == "observe"
-    (listener,) = [x for x in config["static_resources"]["listeners"] if x["name"] == "otlp_http"]
-    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    assert routes == [{"match": {"prefix": "/"}, "route": {"cluster": "otel_collector", "timeout": "10s"}}]
-    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "otel_collector"]
-    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] \
-        == {"address": "otel-collector.observability", "port_value": 4318}
+    rendered = envoy_config(manifests)
+    assert plugin_config(rendered)["mode"] == "observe"
+    (cluster,) = [c for c in rendered["static_resources"]["clusters"] if c["name"] == "otel_collector"]
+    assert cluster["type"] == "STRICT_DNS"
+    assert cluster["load_assignment"]["endpoints"] == [{"lb_endpoints": [{"endpoint": {"address": {
+        "socket_address": {"address": "otel-collector.observability", "port_value": 4318}}}}]}]
+    chart, ports = loopback(rendered)
+    by_listener = {"otlp_http": ports.push, "api": ports.api, "metrics": ports.metrics}
+    reference = render_envoy(plugin_config(rendered), by_listener, chart.admin_port,
+                             ROOT / "envoy/envoy-observe.yaml")
+    for config in (chart.config, reference):
+        for c in config["static_resources"]["clusters"]:
+            if c["name"] == "otel_collector":
+                c.pop("type", None)
+                c["load_assignment"].pop("endpoints")
+    assert without_chart_settings(chart.config) == without_chart_settings(reference)
     assert "mode" not in plugin_config(envoy_config(render()))
     result = helm("template", "--set", "observe.upstream=otel:4318", "--set", "standalone.enabled=true")
     assert result.returncode != 0 and "observe.upstream needs the filter" in result.stderr
@@ -1173,7 +1185,8 @@ def test_istio_manifests_match_istio_crd_schemas():
     istio = [d for d in docs if d["apiVersion"].split("/")[0] in CRD_GROUPS]
     assert {d["kind"] for d in istio} >= {"EnvoyFilter", "WasmPlugin", "DestinationRule"}
     validate(docs)
-    images = [c["image"] for d in docs if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]]
+    images = [c["image"] for d in docs if d["kind"] == "Deployment"
+              for c in d["spec"]["template"]["spec"]["containers"]]
     assert images and all(i.startswith("ghcr.io/ingero-fleet-envoy/ingero-fleet-server:") for i in images), images
     broken = json.loads(json.dumps(next(d for d in istio if d["kind"] == "WasmPlugin")))
     broken["spec"]["failStrategy"] = "FAIL_SOMETIMES"

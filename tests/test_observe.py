@@ -131,12 +131,15 @@ def test_a_push_the_collector_refuses_leaves_scores_unchanged():
             before = {n["node_id"]: n["score"] for n in nodes(ports.api, "refused")["nodes"]}
             assert len(before) == len(SCORES)
             good.stop()
+            refused = 0
             with refusing_collector(port):
                 # The first push may meet Envoy's pooled connection to the stopped
                 # collector (Envoy's own 503); wait for the new collector's answer.
                 def refused_by_collector(node, score):
+                    nonlocal refused
                     r = push(ports.push, "refused", agent_push(node, score))
                     assert r.status == 503, (r.status, r.body)
+                    refused += 1
                     return b'"code":14' in r.body  # the collector's Unavailable status
                 wait_for(lambda: refused_by_collector("node-0", 0.11), timeout=10, what="the collector's 503")
                 assert refused_by_collector("newcomer", 0.5)
@@ -144,6 +147,7 @@ def test_a_push_the_collector_refuses_leaves_scores_unchanged():
             assert r.status == 503  # no collector at all: Envoy's own answer
             after = {n["node_id"]: n["score"] for n in nodes(ports.api, "refused")["nodes"]}
             assert after == before
+            assert scrape(ports.metrics)['ingero_fleet_dropped_total{reason="upstream_refused"}'] == refused + 1
 
 
 def test_a_body_past_the_limit_is_forwarded_and_counted_unscored():
@@ -162,7 +166,7 @@ def test_a_body_past_the_limit_is_forwarded_and_counted_unscored():
             after = scrape(ports.metrics)
             grew = {k: after[k] - before.get(k, 0) for k in after
                     if k.startswith("ingero_fleet_dropped_total") and after[k] != before.get(k, 0)}
-            assert list(grew.values()) == [1], grew
+            assert grew == {'ingero_fleet_dropped_total{reason="body_too_large"}': 1}, grew
 
 
 def test_go_sdk_agents_through_observe_mode_read_the_threshold():

@@ -1,11 +1,13 @@
-"""Envoy + the wasm filter under connection and stream exhaustion (issue 16),
-with envoy/envoy.yaml's limits as shipped: while 1 000 idle or slow HTTP/1.1
-connections and one h2c connection with hundreds of stalled uploads are open,
-legit pushes and threshold queries keep their latency (within 2x of an idle
-baseline measured in the same test), the h2c connection gets at most
-max_concurrent_streams streams, Envoy's resident memory stays under a stated
-bound, and the stalled uploads are cut by the stream idle timeout.
-docs/limits-envoy.md explains the numbers. Loopback only, a few seconds."""
+"""Envoy + the wasm filter or the dynamic module under connection and stream
+exhaustion (issue 16), with envoy/envoy.yaml's (envoy-dynamic.yaml's) limits
+as shipped: while 1 000 idle or slow HTTP/1.1 connections and one h2c
+connection with hundreds of stalled uploads are open, legit pushes and
+threshold queries keep their latency (within 2x of an idle baseline measured
+in the same test), the h2c connection gets at most max_concurrent_streams
+streams, Envoy's resident memory stays under a stated bound, and the stalled
+uploads are cut by the stream idle timeout. Stalled uploads cannot grow the
+heap much past the overload manager's limit. docs/limits-envoy.md explains
+the numbers. Loopback only, a few seconds each."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import h2.errors
 import h2.events
 import pytest
 
+from dynamic import dynamic_envoy
 from fleet import Envoy, agent_push, fleet_envoy, free_port, push, render_envoy, request, threshold, wait_for
 
 IDLE, SLOW = 700, 300           # 1 000 HTTP/1.1 connections
@@ -114,9 +117,11 @@ class StalledH2:
             self.sock.sendall(self.conn.data_to_send())
 
 
-@pytest.fixture(scope="module")
-def fleet():
-    envoy, ports = fleet_envoy({"push_interval": "1s", "ttl_multiplier": 30}, concurrency=2)
+@pytest.fixture(scope="module", params=["filter", "dynamic"])
+def fleet(request):
+    """Envoy with the wasm filter (envoy.yaml) or the dynamic module (envoy-dynamic.yaml), as shipped."""
+    start = fleet_envoy if request.param == "filter" else dynamic_envoy
+    envoy, ports = start({"push_interval": "1s", "ttl_multiplier": 30}, concurrency=2)
     with envoy:
         for i in range(14):
             assert push(ports.push, "legit", agent_push(f"legit-{i}", 0.9, cluster="legit")).status == 200

@@ -199,16 +199,19 @@ defaults are the files' own numbers. Args: root context, config, heap bytes.
 {{- end -}}
 
 {{/*
-The replicas' Envoy config: envoy/envoy.yaml (files/envoy.yaml links to it) with
+The replicas' Envoy config: envoy/envoy.yaml (files/envoy.yaml links to it), or
+envoy/envoy-observe.yaml with observe.upstream (its otel_collector cluster set
+to the upstream), with
 the listeners on config.listen, the module, the plugin configuration and the
 chart's Envoy settings (hardenEnvoy). The listener, path and plugin rewrites are
 the ones tests/fleet.py render_envoy makes, so the chart runs the configuration
 the end-to-end tests run.
 */}}
 {{- define "ingero-fleet.envoyConfig" -}}
-{{- $envoy := .Files.Get "files/envoy.yaml" | fromYaml -}}
+{{- $file := ternary "envoy-observe.yaml" "envoy.yaml" (ne .Values.observe.upstream "") -}}
+{{- $envoy := .Files.Get (printf "files/%s" $file) | fromYaml -}}
 {{- if not $envoy.static_resources -}}
-{{- fail "files/envoy.yaml is missing or invalid (it links to envoy/envoy.yaml)" -}}
+{{- fail (printf "files/%s is missing or invalid (it links to envoy/%s)" $file $file) -}}
 {{- end -}}
 {{- $listen := .Values.config.listen -}}
 {{- $plugin := include "ingero-fleet.pluginConfig" . -}}
@@ -233,18 +236,17 @@ the end-to-end tests run.
 {{- $_ := set $http.typed_config.config.vm_config "code" (deepCopy $code) -}}
 {{- end -}}
 {{- end -}}
-{{- if and $.Values.observe.upstream (eq $listener.name "otlp_http") -}}
-{{- /* Observe mode (envoy/envoy-observe.yaml): every path goes on to the user's collector; the filter scores pushes as they pass. */ -}}
-{{- $_ := set $filter.typed_config "route_config" (dict "virtual_hosts" (list (dict "name" "otel_collector" "domains" (list "*") "routes" (list (dict "match" (dict "prefix" "/") "route" (dict "cluster" "otel_collector" "timeout" "10s")))))) -}}
-{{- /* Envoy streams the push on: a flow-control window, as in envoy/envoy-observe.yaml. */ -}}
-{{- $_ := set $listener "per_connection_buffer_limit_bytes" 1048576 -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
 {{- $clusters := $envoy.static_resources.clusters | default list -}}
-{{- if .Values.observe.upstream -}}
-{{- $clusters = append $clusters (include "ingero-fleet.dnsCluster" (list "otel_collector" (include "ingero-fleet.host" .Values.observe.upstream) (include "ingero-fleet.port" .Values.observe.upstream) false) | fromYaml) -}}
+{{- range $cluster := $clusters -}}
+{{- if eq $cluster.name "otel_collector" -}}
+{{- /* Observe mode: the user's collector, resolved by DNS. */ -}}
+{{- $_ := set $cluster "type" "STRICT_DNS" -}}
+{{- $endpoint := dict "address" (dict "socket_address" (dict "address" (include "ingero-fleet.host" $.Values.observe.upstream) "port_value" (include "ingero-fleet.port" $.Values.observe.upstream | int))) -}}
+{{- $_ := set $cluster.load_assignment "endpoints" (list (dict "lb_endpoints" (list (dict "endpoint" $endpoint)))) -}}
+{{- end -}}
 {{- end -}}
 {{- if eq $source "url" -}}
 {{- $u := urlParse .Values.wasm.url -}}
