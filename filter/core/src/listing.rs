@@ -168,12 +168,14 @@ struct NodeView {
 }
 
 /// `GET /api/v1/nodes?cluster_id=`: the cluster's nodes sorted by id.
-pub fn nodes(cluster: &str, records: Vec<NodeRecord>, book: &ThresholdBook, page: Page) -> Result<Vec<u8>, FleetError> {
-    let mut mine: Vec<NodeRecord> = records.into_iter().filter(|r| r.cluster == cluster).collect();
+/// Only the page's records are copied.
+pub fn nodes(cluster: &str, records: &[NodeRecord], book: &ThresholdBook, page: Page) -> Result<Vec<u8>, FleetError> {
+    let mut mine: Vec<&NodeRecord> = records.iter().filter(|r| r.cluster == cluster).collect();
     mine.sort_by(|a, b| a.node.cmp(&b.node));
     let (page_items, total, next_offset) = page.slice(mine);
     let nodes = page_items
         .into_iter()
+        .cloned()
         .map(|r| {
             let threshold = book.threshold(&r.cluster, &r.cohort);
             let gauges = DETAIL_GAUGES.iter().zip(r.details.gauges).filter_map(|(name, v)| Some((*name, v?))).collect();

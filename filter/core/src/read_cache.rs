@@ -13,6 +13,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// What a service caches of its reads: `/metrics`' per-cohort text and the
+/// cluster listing's bodies, both stamped with the book they were rendered from
+/// (a node listing reads the records per request: it shows the latest push).
+#[derive(Default)]
+pub struct Reads {
+    /// The per-cohort part of `/metrics`.
+    pub cohort_metrics: TickCell<Arc<str>>,
+    /// Listing bodies by path and query.
+    pub bodies: ReadCache,
+}
+
 /// One value per stamp.
 pub struct TickCell<T> {
     slot: Mutex<Option<(u64, T)>>,

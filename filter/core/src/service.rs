@@ -10,6 +10,7 @@ use crate::metrics::{self, CounterSink};
 use crate::otlp::{BodyFormat, ExportRequest};
 use crate::outcome::{Answer, DropReason, Outcome};
 use crate::push::{check_size, extract, names_a_cluster};
+use crate::read_cache::Reads;
 use crate::registry::{Admission, Registry};
 use crate::reply::Reply;
 use crate::store::{SharedStore, StoreError, KEY_PREFIX};
@@ -76,12 +77,14 @@ pub struct Fleet<S, C> {
     config: Config,
     store: S,
     counters: C,
+    /// `/metrics`' cohorts and the listings, rendered once per book.
+    reads: Reads,
 }
 
 impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// A service; call [`Fleet::init`] once before serving.
     pub fn new(config: Config, store: S, counters: C) -> Self {
-        Self { config, store, counters }
+        Self { config, store, counters, reads: Reads::default() }
     }
 
     /// The counters this service records into.
@@ -213,18 +216,27 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                 let cohort = query_param(path, "cgroup_path_hash", self.config.max_id_bytes)?;
                 Reply::threshold(book.cohort(&cluster()?, cohort.as_deref().unwrap_or("")))
             }
+            // The counters are read per scrape; the cohorts and the cluster listing once per book.
             Route::Metrics => {
                 let tracked = self.registry().tracked_nodes()?;
-                Reply::metrics(metrics::render(&self.counters, book, tracked))
+                let cohorts = self
+                    .reads
+                    .cohort_metrics
+                    .get_or_build(book.epoch, || Ok::<_, FleetError>(metrics::render_cohorts(book).into()))?;
+                Reply::metrics(metrics::render_counters(&self.counters, tracked, book.cohorts_over_cap) + &cohorts)
             }
             Route::Clusters => {
-                let events = EventLog::new(&self.store);
-                Reply::json(listing::clusters(book, Page::from_path(path)?, |c| events.recent(c))?)
-            }
-            Route::Nodes => {
-                let cluster = cluster()?;
                 let page = Page::from_path(path)?;
-                Reply::json(listing::nodes(&cluster, self.registry().records()?, book, page)?)
+                let body = self.reads.bodies.get_or_render(path, book.epoch, || {
+                    let events = EventLog::new(&self.store);
+                    listing::clusters(book, page, |c| events.recent(c))
+                })?;
+                Reply::json(body.to_vec())
+            }
+            // A node listing shows the latest push (a state change is visible at once).
+            Route::Nodes => {
+                let (cluster, page) = (cluster()?, Page::from_path(path)?);
+                Reply::json(listing::nodes(&cluster, &self.registry().records()?, book, page)?)
             }
             Route::Dashboard => Reply::html(DASHBOARD_HTML),
             Route::Push => return Err(FleetError::MethodNotAllowed { method: "GET".into(), allowed: "POST" }),
