@@ -6,7 +6,7 @@
 //! explicit keys, not `DefaultHasher`). The seed is random, so an outsider cannot
 //! pick ids that all land in one shard.
 
-use crate::store::{SharedStore, StoreError, KEY_PREFIX, MAX_CAS_ATTEMPTS, SEED_BYTES};
+use crate::store::{update, SharedStore, StoreError, Update, KEY_PREFIX, SEED_BYTES};
 use siphasher::sip::SipHasher13;
 use std::hash::Hasher;
 
@@ -51,26 +51,19 @@ impl HashSeed {
     /// A missing key cannot be written by compare-and-swap (the host writes it
     /// unconditionally), so an empty placeholder is created first and the seed
     /// is then CAS-written over it. Two inits racing on the placeholder can only
-    /// overwrite each other before either serves: every init reads the seed back
-    /// after its own write.
+    /// overwrite each other before either serves, and every worker reads the
+    /// stored seed per request (`Registry`, `EventLog`), so all converge on it.
     pub fn establish<S: SharedStore + ?Sized>(store: &S, entropy: [u8; SEED_BYTES]) -> Result<Self, StoreError> {
         let key = seed_key();
         if store.get(&key)?.is_none() {
             store.set(&key, &[], None)?;
         }
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some((bytes, version)) = store.get(&key)? else {
-                return Err(StoreError::Host("the hash seed key vanished".into()));
-            };
-            if let Some(seed) = Self::decode(&bytes) {
-                return Ok(seed);
-            }
-            match store.set(&key, &entropy, Some(version)) {
-                Ok(()) | Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StoreError::Contended)
+        update(store, &key, |bytes| {
+            Ok(match bytes.and_then(Self::decode) {
+                Some(stored) => Update::Keep(stored),
+                None => Update::Write(entropy.to_vec(), Self::from_bytes(entropy)),
+            })
+        })
     }
 
     /// The stored seed; an error if [`HashSeed::establish`] has not run.
