@@ -1,45 +1,30 @@
-"""The front doors scripts/bench measures, each started on free loopback ports
-from its build artefact. Adding a front door is one entry in DOORS."""
+"""The front doors scripts/bench measures: tests/frontdoors.py's registry (the
+same factories the conformance suite runs), started with the release server,
+plus the anchor, which answers without Fleet. Measuring another front door is
+one entry in DOORS."""
 
 from __future__ import annotations
 
-import copy
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import frontdoors  # noqa: E402
-from dynamic import MODULE as DYNAMIC_MODULE, dynamic_envoy  # noqa: E402
-from fleet import WASM, Envoy, free_port, render_envoy  # noqa: E402
-from frontdoors import Standalone, render_upstream  # noqa: E402
+from dynamic import MODULE as DYNAMIC_MODULE  # noqa: E402
+from fleet import WASM, Envoy, fleet_envoy, free_port, render_envoy  # noqa: E402
+from frontdoors import FRONT_DOORS, SERVER as DEBUG_SERVER  # noqa: E402
+from frontdoors import Door as Running  # noqa: E402,F401  (bench_run's name for a started door)
 
 ANCHOR = ROOT / "envoy/bench-anchor.yaml"
 LISTENERS = ("otlp_http", "api", "metrics")
-
-
-def _built(*candidates: Path) -> Path:
-    """The first build that exists (else the first): release builds, or the tests' debug build for --smoke."""
-    return next((c for c in candidates if c.exists()), candidates[0])
-
-
-# The tests' Standalone runs this binary: the bench measures the release build when there is one.
-SERVER = frontdoors.SERVER = _built(ROOT / "target/release/ingero-fleet", frontdoors.SERVER)
-
-
-@dataclass
-class Running:
-    """A started front door: the processes to watch and its loopback ports."""
-    pids: tuple
-    push: int
-    api: int
-    metrics: int
-    # Envoy's admin port (its /memory reports the heap in use), when the door is Envoy itself.
-    admin: int | None = None
+RELEASE_SERVER = ROOT / "target/release/ingero-fleet"
+# The release build when there is one; --smoke may run on the tests' debug build.
+SERVER = RELEASE_SERVER if RELEASE_SERVER.exists() else DEBUG_SERVER
 
 
 Start = Callable[[dict, int], ContextManager[Running]]
@@ -61,67 +46,29 @@ class Door:
         return self.artefact is None or self.artefact.exists()
 
 
-# === Envoy ===
-
-def _ports() -> dict:
-    return {name: free_port() for name in LISTENERS}
-
-
-@contextmanager
-def _envoy(config: dict, ports: dict, concurrency: int) -> Iterator[Running]:
-    with Envoy(config, concurrency=concurrency, log_level="error") as envoy:
-        yield Running((envoy.process.pid,), ports["otlp_http"], ports["api"], ports["metrics"], envoy.admin_port)
+def registered(name: str) -> Start:
+    """tests/frontdoors.py's door `name`, with the bench's Envoy workers, quiet Envoy logs and SERVER."""
+    def start(plugin_config: dict, concurrency: int) -> ContextManager[Running]:
+        return FRONT_DOORS[name](plugin_config, concurrency=concurrency, server=SERVER, log_level="error")
+    return start
 
 
 @contextmanager
 def anchor(_plugin_config: dict, concurrency: int) -> Iterator[Running]:
-    """envoy/bench-anchor.yaml: buffer filter, then direct_response 200."""
-    ports = _ports()
-    with _envoy(render_envoy({}, ports, free_port(), template=ANCHOR), ports, concurrency) as running:
-        yield running
-
-
-@contextmanager
-def wasm(plugin_config: dict, concurrency: int, variant: Callable[[dict], dict] = lambda c: c) -> Iterator[Running]:
-    """Envoy + the proxy-wasm filter (envoy/envoy.yaml rendered as the tests do); `variant` may rewrite it."""
-    ports = _ports()
-    config = variant(render_envoy(copy.deepcopy(plugin_config), ports, free_port()))
-    with _envoy(config, ports, concurrency) as running:
-        yield running
-
-
-@contextmanager
-def dynamic(plugin_config: dict, concurrency: int) -> Iterator[Running]:
-    """envoy/envoy-dynamic.yaml: Envoy + the native dynamic module, as the tests start it."""
-    envoy, ports = dynamic_envoy(plugin_config, concurrency, log_level="error")
-    with envoy:
-        yield Running((envoy.process.pid,), ports.push, ports.api, ports.metrics, envoy.admin_port)
-
-
-# === the standalone server, alone or behind Envoy ===
-
-@contextmanager
-def server(plugin_config: dict, _concurrency: int) -> Iterator[Running]:
-    """ingero-fleet with the same keys in its YAML file (its runtime uses every core)."""
-    with Standalone(plugin_config) as s:
-        yield Running((s.process.pid,), s.ports["otlp_http"], s.ports["api"], s.ports["metrics"])
-
-
-@contextmanager
-def upstream(plugin_config: dict, concurrency: int) -> Iterator[Running]:
-    """envoy/envoy-upstream.yaml: Envoy with no filter proxying to ingero-fleet (CPU and RSS of both)."""
-    with Standalone(plugin_config) as s:
-        listen = {name: free_port() for name in s.ports}
-        with Envoy(render_upstream(listen, s.ports, free_port()), concurrency=concurrency, log_level="error") as e:
-            yield Running((e.process.pid, s.process.pid), listen["otlp_http"], listen["api"], listen["metrics"])
+    """envoy/bench-anchor.yaml: buffer filter, then direct_response 200 (not a Fleet front door)."""
+    ports = {name: free_port() for name in LISTENERS}
+    config = render_envoy({}, ports, free_port(), template=ANCHOR)
+    with Envoy(config, concurrency=concurrency, log_level="error") as envoy:
+        yield Running("anchor", ports["otlp_http"], ports["api"], ports["metrics"], None, (envoy.process.pid,),
+                      envoy.admin_port)
 
 
 DOORS = [
     Door("anchor", "Envoy buffer + direct_response (anchor)", None, anchor, fleet=False),
-    Door("wasm", "Envoy + wasm filter", WASM, wasm),
-    Door("dynamic", "Envoy + dynamic module", DYNAMIC_MODULE, dynamic),
-    Door("server", "standalone ingero-fleet", SERVER, server),
-    Door("upstream", "Envoy proxying to ingero-fleet", SERVER, upstream, detail=False),
+    Door("wasm", "Envoy + wasm filter", WASM, registered("filter")),
+    Door("dynamic", "Envoy + dynamic module", DYNAMIC_MODULE, registered("dynamic")),
+    Door("server", "standalone ingero-fleet", SERVER, registered("standalone")),
+    Door("upstream", "Envoy proxying to ingero-fleet", SERVER, registered("upstream"), detail=False),
 ]
 
 
@@ -143,9 +90,16 @@ def _pass_to_direct_response(config: dict) -> dict:
 
 
 @contextmanager
-def wasm_passing(plugin_config: dict, concurrency: int) -> Iterator[Running]:
-    with wasm(plugin_config, concurrency, _pass_to_direct_response) as running:
-        yield running
+def wasm_variant(variant: Callable[[dict], dict], plugin_config: dict, concurrency: int) -> Iterator[Running]:
+    """The filter door's Envoy (envoy/envoy.yaml rendered as the tests do), rewritten by `variant`."""
+    envoy, ports = fleet_envoy(plugin_config, concurrency=concurrency)
+    envoy.config, envoy.log_level = variant(envoy.config), "error"
+    with envoy:
+        yield Running("wasm", ports.push, ports.api, ports.metrics, None, (envoy.process.pid,), envoy.admin_port)
+
+
+wasm = registered("filter")
+wasm_passing = partial(wasm_variant, _pass_to_direct_response)
 
 
 # (title, start, loadgen arguments): what a wasm-filter push costs, step by step.

@@ -194,6 +194,8 @@ def markdown(results: dict) -> str:
     m = results["meta"]
     p = m["params"]
     skipped = "".join(f"\n- not measured: `{k}` ({why})" for k, why in results["skipped"].items())
+    skipped += "".join(f"\n- **failed, so missing below**: {stage} ({why})"
+                       for stage, why in results.get("failed", {}).items())
     sections = [
         "# Benchmark results",
         "",

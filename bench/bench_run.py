@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -306,8 +307,30 @@ def main() -> int:
     args = parser.parse_args()
     p = SMOKE if args.smoke else FULL
     wanted = set(filter(None, args.doors.split(",")))
-    results: dict = {"meta": meta(args.concurrency, p), "doors": {}, "skipped": {}, "sizes": {}, "stalls": {}}
+    results: dict = {"meta": meta(args.concurrency, p), "doors": {}, "skipped": {}, "sizes": {}, "stalls": {},
+                     "failed": {}}
     started = time.monotonic()
+    # Every stage's results reach the disk as soon as it ends, and a failed stage is recorded and the run
+    # goes on: a late failure (e.g. the profiler) must not lose a long run's measurements.
+    OUT.mkdir(parents=True, exist_ok=True)
+    paths = [OUT / ("smoke.json" if args.smoke else "bench.json"), *([args.json] if args.json else [])]
+
+    def save() -> None:
+        results["meta"]["elapsed_s"] = time.monotonic() - started
+        results["meta"]["load_average_end"] = os.getloadavg()
+        raw = json.dumps(results, indent=1)
+        for path in paths:
+            path.write_text(raw)
+
+    def stage(name: str, run: Callable[[], object], into: dict, key: str) -> None:
+        try:
+            into[key] = run()
+        except Exception as e:  # noqa: BLE001 (recorded, reported, and the exit status says so)
+            results["failed"][name] = f"{type(e).__name__}: {e}"
+            print(f"bench: {name} failed, going on:", file=sys.stderr)
+            traceback.print_exc()
+        save()
+
     for door in DOORS:
         if wanted and door.key not in wanted:
             continue
@@ -316,27 +339,26 @@ def main() -> int:
             print(f"bench: skipping {door.title}: {results['skipped'][door.key]}", file=sys.stderr)
             continue
         print(f"bench: {door.title} ...", file=sys.stderr)
-        results["doors"][door.key] = load_runs(door, p, args.concurrency)
-        if door.fleet and door.detail and not args.smoke:
-            results["sizes"][door.key] = [size_point(door, n, p, args.concurrency) for n in p["sizes"]]
-            results["stalls"][door.key] = stalls(door, p, args.concurrency)
+        stage(f"{door.key} load", lambda: load_runs(door, p, args.concurrency), results["doors"], door.key)
+        if door.fleet and door.detail and not args.smoke and door.key in results["doors"]:
+            stage(f"{door.key} sizes", lambda: [size_point(door, n, p, args.concurrency) for n in p["sizes"]],
+                  results["sizes"], door.key)
+            stage(f"{door.key} stalls", lambda: stalls(door, p, args.concurrency), results["stalls"], door.key)
     if not args.smoke:
         print("bench: wasm filter variants and native core ...", file=sys.stderr)
-        results["variants"] = variants(p, args.concurrency)
-        results["one_worker"] = one_worker(p)
-        results["native"] = native(p["sizes"])
-        results["native"]["callgrind"] = callgrind(list(results["native"]["steps"]["us_per_call"]))
-    results["meta"]["elapsed_s"] = time.monotonic() - started
-    results["meta"]["load_average_end"] = os.getloadavg()
-    raw = json.dumps(results, indent=1)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / ("smoke.json" if args.smoke else "bench.json")).write_text(raw)
-    if args.json:
-        args.json.write_text(raw)
+        stage("variants", lambda: variants(p, args.concurrency), results, "variants")
+        stage("one_worker", lambda: one_worker(p), results, "one_worker")
+        stage("native", lambda: native(p["sizes"]), results, "native")
+        if "native" in results:
+            stage("callgrind", lambda: callgrind(list(results["native"]["steps"]["us_per_call"])),
+                  results["native"], "callgrind")
+    save()
+    if results["failed"]:
+        print(f"bench: failed stages: {results['failed']}", file=sys.stderr)
     if not args.smoke:
         import bench_report
         print(bench_report.write(results))
-    return 0
+    return 1 if results["failed"] else 0
 
 
 def meta(concurrency: int, p: dict) -> dict:

@@ -2,7 +2,9 @@
 cases against each: `FRONT_DOORS[name](config)` is a context manager yielding
 a `Door` (push, API, metrics and, where offered, OTLP/gRPC ports). The
 configuration is the contract's keys (§6), the same dict for every door.
-A new front door is one factory and one entry in FRONT_DOORS."""
+A new front door is one factory and one entry in FRONT_DOORS. scripts/bench
+measures the same registry (bench/bench_doors.py), passing per call the Envoy
+worker count, a log level and the server binary (its release build)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ class Door:
     api: int
     metrics: int
     grpc: int | None = None
+    # The processes serving the door (Envoy and/or the server), whose CPU and memory the bench reads.
+    pids: tuple = ()
+    # Envoy's admin port when Envoy runs the door (the bench reads its heap from /memory).
+    admin: int | None = None
 
 
 # === the standalone server ===
@@ -39,7 +45,8 @@ class Door:
 class Standalone:
     """A running `ingero-fleet` process; use as a context manager."""
 
-    def __init__(self, config: dict | None = None, config_text: str | None = None, args: tuple = ()):
+    def __init__(self, config: dict | None = None, config_text: str | None = None, args: tuple = (),
+                 binary: Path = SERVER):
         self.ports = {key: free_port() for key in ("otlp_http", "otlp_grpc", "api", "metrics")}
         tmp = Path(tempfile.mkdtemp(prefix="ingero-fleet-"))
         self.config_path = tmp / "config.yaml"
@@ -52,15 +59,17 @@ class Standalone:
             config_text = yaml.safe_dump(document)
         self.config_path.write_text(config_text)
         self.args = args
+        self.binary = binary
         self.process: subprocess.Popen | None = None
 
     @property
     def door(self) -> Door:
         p = self.ports
-        return Door("standalone", p["otlp_http"], p["api"], p["metrics"], p["otlp_grpc"])
+        return Door("standalone", p["otlp_http"], p["api"], p["metrics"], p["otlp_grpc"],
+                    (self.process.pid,) if self.process else ())
 
     def start(self) -> subprocess.Popen:
-        self.process = subprocess.Popen([str(SERVER), "--config", str(self.config_path), *self.args],
+        self.process = subprocess.Popen([str(self.binary), "--config", str(self.config_path), *self.args],
                                         stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
         return self.process
 
@@ -117,49 +126,61 @@ def render_sidecar(listen: dict, app: dict, admin_port: int, plugin_config: dict
 
 
 # === the registry ===
+# Every factory: (config, concurrency=None (the door's default Envoy workers), server=SERVER
+# (the ingero-fleet binary, where the door runs one), log_level="warn" (Envoy's)).
 
 @contextmanager
-def filter_door(config: dict) -> Iterator[Door]:
+def filter_door(config: dict, concurrency: int | None = None, server: Path = SERVER,
+                log_level: str = "warn") -> Iterator[Door]:
     """Envoy running the proxy-wasm filter (--concurrency 2); no OTLP/gRPC."""
-    envoy, ports = fleet_envoy(config, concurrency=2)
+    envoy, ports = fleet_envoy(config, concurrency=concurrency or 2)
+    envoy.log_level = log_level
     with envoy:
-        yield Door("filter", ports.push, ports.api, ports.metrics)
+        yield Door("filter", ports.push, ports.api, ports.metrics, None, (envoy.process.pid,), envoy.admin_port)
 
 
 @contextmanager
-def dynamic_door(config: dict) -> Iterator[Door]:
+def dynamic_door(config: dict, concurrency: int | None = None, server: Path = SERVER,
+                 log_level: str = "warn") -> Iterator[Door]:
     """Envoy running the native dynamic module (--concurrency 4: workers share one registry)."""
-    envoy, ports = dynamic_envoy(config, concurrency=4)
+    envoy, ports = dynamic_envoy(config, concurrency=concurrency or 4, log_level=log_level)
     with envoy:
-        yield Door("dynamic", ports.push, ports.api, ports.metrics)
+        yield Door("dynamic", ports.push, ports.api, ports.metrics, None, (envoy.process.pid,), envoy.admin_port)
 
 
 @contextmanager
-def standalone_door(config: dict) -> Iterator[Door]:
-    """The standalone server, reached directly."""
-    with Standalone(config) as server:
-        yield server.door
+def standalone_door(config: dict, concurrency: int | None = None, server: Path = SERVER,
+                    log_level: str = "warn") -> Iterator[Door]:
+    """The standalone server, reached directly (its runtime uses every core)."""
+    with Standalone(config, binary=server) as app:
+        yield app.door
 
 
 @contextmanager
-def sidecar_door(config: dict) -> Iterator[Door]:
+def sidecar_door(config: dict, concurrency: int | None = None, server: Path = SERVER,
+                 log_level: str = "warn") -> Iterator[Door]:
     """The filter as an Istio WasmPlugin runs it, in front of the standalone server as the pod's app."""
-    with Standalone(config) as app:
+    with Standalone(config, binary=server) as app:
         listen = {name: free_port() for name in app.ports}
-        with Envoy(render_sidecar(listen, app.ports, free_port(), config)):
-            yield Door("sidecar", listen["otlp_http"], listen["api"], listen["metrics"])
+        config = render_sidecar(listen, app.ports, free_port(), config)
+        with Envoy(config, concurrency=concurrency or 2, log_level=log_level) as envoy:
+            yield Door("sidecar", listen["otlp_http"], listen["api"], listen["metrics"], None,
+                       (envoy.process.pid, app.process.pid), envoy.admin_port)
 
 
 @contextmanager
-def upstream_door(config: dict) -> Iterator[Door]:
+def upstream_door(config: dict, concurrency: int | None = None, server: Path = SERVER,
+                  log_level: str = "warn") -> Iterator[Door]:
     """Envoy with no filter, proxying every port to the standalone server."""
-    with Standalone(config) as server:
-        listen = {name: free_port() for name in server.ports}
-        with Envoy(render_upstream(listen, server.ports, free_port())):
-            yield Door("upstream", listen["otlp_http"], listen["api"], listen["metrics"], listen["otlp_grpc"])
+    with Standalone(config, binary=server) as app:
+        listen = {name: free_port() for name in app.ports}
+        config = render_upstream(listen, app.ports, free_port())
+        with Envoy(config, concurrency=concurrency or 2, log_level=log_level) as envoy:
+            yield Door("upstream", listen["otlp_http"], listen["api"], listen["metrics"], listen["otlp_grpc"],
+                       (envoy.process.pid, app.process.pid), envoy.admin_port)
 
 
-FRONT_DOORS: dict[str, Callable[[dict], ContextManager[Door]]] = {
+FRONT_DOORS: dict[str, Callable[..., ContextManager[Door]]] = {
     "filter": filter_door,
     "dynamic": dynamic_door,
     "upstream": upstream_door,

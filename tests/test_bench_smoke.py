@@ -21,7 +21,7 @@ def test_smoke_run_has_no_errors_and_correct_thresholds(tmp_path):
     results = json.loads(out.read_text())
 
     built = {door.key for door in DOORS if door.available()}
-    assert set(results["doors"]) == built, results["skipped"]
+    assert set(results["doors"]) == built, (results["skipped"], results["failed"])
     assert {"anchor", "wasm"} <= built
     for key, door in results["doors"].items():
         for run in door["rates"]:
@@ -34,3 +34,24 @@ def test_smoke_run_has_no_errors_and_correct_thresholds(tmp_path):
             assert verify["final_pass_errors"] == 0, key
             assert verify["clusters_checked"] == results["meta"]["params"]["clusters"], key
             assert verify["threshold_ok"], (key, verify["why"])
+
+
+def test_a_failed_stage_keeps_the_results_before_it(tmp_path):
+    """The standalone server's stage fails for real (its binary is missing); the anchor's results, taken
+    before it, are on disk, the failure is named, and the exit status says so."""
+    script = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(ROOT / "bench")!r})
+import bench_doors, bench_run
+bench_doors.SERVER = Path({str(tmp_path / "no-such-ingero-fleet")!r})
+bench_run.OUT = Path({str(tmp_path / "fresh/target/bench")!r})
+sys.argv = ["bench_run.py", "--smoke", "--doors", "anchor,server"]
+sys.exit(bench_run.main())
+"""
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    results = json.loads((tmp_path / "fresh/target/bench/smoke.json").read_text())
+    assert list(results["doors"]) == ["anchor"]
+    assert results["doors"]["anchor"]["rates"][0]["pushes"]["completed"] > 0
+    assert "FileNotFoundError" in results["failed"]["server load"]

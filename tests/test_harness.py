@@ -61,3 +61,15 @@ def test_rendered_envoy_configs_share_no_node(template):
 def test_the_front_door_renderings_share_no_node():
     assert shared_nodes(render_upstream(PORTS, PORTS, 9901)) == []
     assert shared_nodes(render_sidecar(PORTS, PORTS, 9901, {})) == []
+
+
+def test_the_bench_leaves_the_tests_server_binary_alone():
+    """The bench passes its release server per call; the suite keeps running the debug build it just built."""
+    import sys
+
+    import frontdoors
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_doors  # noqa: F401
+
+    assert frontdoors.SERVER == ROOT / "target/debug/ingero-fleet"
+    assert frontdoors.Standalone().binary == frontdoors.SERVER

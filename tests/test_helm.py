@@ -417,21 +417,7 @@ def test_schema_ranges_are_the_core_ranges():
         assert numeric["maximum"] == high, path
 
 
-def readme_config_keys() -> set[str]:
-    """The dotted keys of README's Configuration table (the contract's §6 keys as the filter takes them)."""
-    section = (ROOT / "README.md").read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([a-z_.]+)` \|", section, re.M))
-
-
-def dotted(config: dict, prefix: str = "") -> set[str]:
-    return {key for k, v in config.items()
-            for key in (dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"})}
-
-
-def test_values_carry_every_configuration_key():
-    config = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
-    del config["listen"]  # listener addresses: Envoy's (or the standalone server's), not in the table
-    assert dotted(config) == readme_config_keys()
+# The chart's config keys against the validator's key table: tests/test_config_table.py.
 
 
 def test_guide_custom_values_become_the_plugin_configuration():

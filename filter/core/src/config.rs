@@ -464,3 +464,277 @@ mod tests {
         assert_eq!(parse_duration("5d"), None);
     }
 }
+
+// === the key table ===
+
+/// One configuration key as documented. README.md's and docs/configuration.md's
+/// tables, the Helm values schema and the Istio WasmPlugin example are checked
+/// against [`key_table`] (tests/test_config_table.py). Kind, range and choices
+/// are read from the validator's own refusal of a bad value, so they cannot drift
+/// from what `Config::from_value` enforces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyInfo {
+    /// Dotted path, such as `threshold.k`.
+    pub path: &'static str,
+    /// `number`, `integer`, `duration`, `boolean`, `string`, `list` or `map`.
+    pub kind: &'static str,
+    /// The default as configuration JSON; null when it is another key's value (`default_follows`).
+    pub default: Value,
+    /// The key whose value is the default, if any.
+    pub default_follows: Option<&'static str>,
+    /// What the validator requires, as its message words it (the text after "must" or "must be").
+    pub valid: String,
+    /// Lower bound of a number or integer; of a duration, in seconds.
+    pub min: Option<f64>,
+    /// Upper bound, as `min`.
+    pub max: Option<f64>,
+    /// Whether `min` itself is refused.
+    pub min_exclusive: bool,
+    /// The accepted spellings of a choice (booleans, named values, a list's items).
+    pub choices: Vec<Value>,
+    /// One line of meaning.
+    pub meaning: &'static str,
+}
+
+impl KeyInfo {
+    /// The entry as JSON, for tools outside Rust (`cargo run -p ingero-fleet-core --example config_keys`).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "path": self.path, "kind": self.kind, "default": self.default, "default_follows": self.default_follows,
+            "valid": self.valid, "min": self.min, "max": self.max, "min_exclusive": self.min_exclusive,
+            "choices": self.choices, "meaning": self.meaning,
+        })
+    }
+}
+
+/// Where a key's default comes from.
+enum DefaultOf {
+    /// A field of `Config::default()`.
+    Field(fn(&Config) -> Value),
+    /// Another key's value.
+    Follows(&'static str),
+    /// The first of the choices, the list of all of them, or `{}` that parses to `Config::default()`.
+    Probe,
+}
+
+/// Every key, in documentation order: path, meaning, default. A `Config` field
+/// without an entry here fails `key_table_tests::every_config_field_has_a_key`.
+const KEYS: &[(&str, &str, DefaultOf)] = &[
+    ("threshold.k", "MAD multiplier in `median − k·1.4826·MAD`", DefaultOf::Field(|c| Value::from(c.k))),
+    (
+        "threshold.ema_alpha",
+        "weight of the newest raw threshold in the EMA; 1 = no smoothing",
+        DefaultOf::Field(|c| Value::from(c.ema_alpha)),
+    ),
+    (
+        "push_interval",
+        "the agents' push period; one recompute per period",
+        DefaultOf::Field(|c| Value::from(duration_text(c.push_interval))),
+    ),
+    (
+        "ttl_multiplier",
+        "a node expires after `push_interval × ttl_multiplier` without a push",
+        DefaultOf::Field(|c| Value::from(c.ttl_multiplier)),
+    ),
+    (
+        "quorum.statistical_min",
+        "active nodes a cohort needs for a threshold",
+        DefaultOf::Field(|c| Value::from(c.statistical_min)),
+    ),
+    (
+        "quorum.coverage_fraction",
+        "below this share of `ingero.world_size`, coverage is low",
+        DefaultOf::Field(|c| Value::from(c.coverage_fraction)),
+    ),
+    ("max_expected_nodes", "cap on tracked nodes", DefaultOf::Field(|c| Value::from(c.max_expected_nodes))),
+    ("max_nodes_per_cluster", "cap on one cluster's tracked nodes", DefaultOf::Follows("max_expected_nodes")),
+    ("max_clusters", "cap on clusters; a new one past it gets 429", DefaultOf::Field(|c| Value::from(c.max_clusters))),
+    ("max_body_bytes", "largest body, before and after gzip", DefaultOf::Field(|c| Value::from(c.max_body_bytes))),
+    ("max_id_bytes", "longest cluster, node or cohort id", DefaultOf::Field(|c| Value::from(c.max_id_bytes))),
+    ("max_points_per_push", "most data points in one push", DefaultOf::Field(|c| Value::from(c.max_points_per_push))),
+    ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives", DefaultOf::Probe),
+    (
+        "listen.otlp_http",
+        "standalone server only: OTLP/HTTP pushes",
+        DefaultOf::Field(|c| Value::from(c.listen.otlp_http.clone())),
+    ),
+    (
+        "listen.otlp_grpc",
+        "standalone server only: OTLP/gRPC pushes",
+        DefaultOf::Field(|c| Value::from(c.listen.otlp_grpc.clone())),
+    ),
+    (
+        "listen.api",
+        "standalone server only: threshold API, listings, dashboard",
+        DefaultOf::Field(|c| Value::from(c.listen.api.clone())),
+    ),
+    (
+        "listen.metrics",
+        "standalone server only: `/metrics`",
+        DefaultOf::Field(|c| Value::from(c.listen.metrics.clone())),
+    ),
+];
+
+/// Every configuration key with its kind, default, valid range and meaning.
+pub fn key_table() -> Vec<KeyInfo> {
+    let defaults = Config::default();
+    KEYS.iter()
+        .map(|(path, meaning, default)| {
+            // A list holding an empty list is no key's valid value: the refusal names the kind and range.
+            let refusal = Config::from_value(&at_path(path, Value::Array(vec![Value::Array(vec![])]))).err();
+            let prefix = format!("{path} ");
+            let valid = refusal
+                .iter()
+                .flat_map(|e| e.problems.iter())
+                .find(|p| p.starts_with(&prefix))
+                .and_then(|p| p.split_once(" must ").map(|(_, valid)| valid.trim_start_matches("be ").to_string()))
+                .unwrap_or_default();
+            let (kind, min, max, min_exclusive, choices) = read_valid(&valid);
+            let (default, default_follows) = match default {
+                DefaultOf::Field(get) => (get(&defaults), None),
+                DefaultOf::Follows(other) => (Value::Null, Some(*other)),
+                DefaultOf::Probe => {
+                    let (all, empty) = (Value::Array(choices.clone()), Value::Object(Map::new()));
+                    let found = choices.iter().chain([&all, &empty]).find(|candidate| {
+                        Config::from_value(&at_path(path, (*candidate).clone())).map(|p| p.config).ok().as_ref()
+                            == Some(&defaults)
+                    });
+                    (found.cloned().unwrap_or(Value::Null), None)
+                }
+            };
+            KeyInfo { path, kind, default, default_follows, valid, min, max, min_exclusive, choices, meaning }
+        })
+        .collect()
+}
+
+/// `{"a": {"b": value}}` for the path `a.b`.
+fn at_path(path: &str, value: Value) -> Value {
+    path.rsplit('.').fold(value, |inner, key| {
+        let mut map = Map::new();
+        map.insert(key.to_string(), inner);
+        Value::Object(map)
+    })
+}
+
+/// `10s`, or `250ms` when not whole seconds.
+fn duration_text(d: Duration) -> String {
+    let ms = duration_ms(d);
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Kind, bounds and choices from the validator's "must be …" text.
+fn read_valid(valid: &str) -> (&'static str, Option<f64>, Option<f64>, bool, Vec<Value>) {
+    let quoted = || valid.split('"').skip(1).step_by(2).map(Value::from).collect::<Vec<_>>();
+    let interval = |text: &str| {
+        let exclusive = text.starts_with('(');
+        let inner = text.trim_start_matches(['(', '[']).trim_end_matches(']');
+        let (lo, hi) = inner.split_once(", ").unwrap_or((inner, ""));
+        (lo.trim().parse().ok(), hi.trim().parse().ok(), exclusive)
+    };
+    if let Some(text) = valid.strip_prefix("a number in ") {
+        let (min, max, exclusive) = interval(text);
+        ("number", min, max, exclusive, Vec::new())
+    } else if let Some(text) = valid.strip_prefix("an integer in ") {
+        let (min, max, exclusive) = interval(text);
+        ("integer", min, max, exclusive, Vec::new())
+    } else if valid.starts_with("a duration") {
+        let (lo, hi) = valid.split_once(" between ").map(|(_, r)| r).and_then(|r| r.split_once(" and ")).unzip();
+        let secs = |t: Option<&str>| t.and_then(parse_duration).map(|d| d.as_secs_f64());
+        ("duration", secs(lo), secs(hi), false, Vec::new())
+    } else if valid == "true or false" {
+        ("boolean", None, None, false, vec![Value::Bool(true), Value::Bool(false)])
+    } else if valid.starts_with("a non-empty list of ") {
+        ("list", None, None, false, quoted())
+    } else if valid.starts_with("a non-empty string") {
+        ("string", None, None, false, Vec::new())
+    } else if valid.starts_with("map ") {
+        ("map", None, None, false, Vec::new())
+    } else if valid.starts_with('"') {
+        ("string", None, None, false, quoted())
+    } else {
+        ("unknown", None, None, false, Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod key_table_tests {
+    use super::*;
+
+    /// The field names of a struct's `Debug` text (`Name { a: …, b: … }`), at the top level only.
+    fn debug_fields(text: &str) -> Vec<String> {
+        let (mut depth, mut in_string, mut escaped, mut token, mut fields) = (0, false, false, String::new(), vec![]);
+        for c in text.chars() {
+            if in_string {
+                (in_string, escaped) = (escaped || c != '"', !escaped && c == '\\');
+                continue;
+            }
+            match c {
+                '"' => in_string = true,
+                '{' | '[' | '(' => depth += 1,
+                '}' | ']' | ')' => depth -= 1,
+                ':' if depth == 1 && !token.is_empty() => fields.push(std::mem::take(&mut token)),
+                c if depth == 1 && (c.is_ascii_alphanumeric() || c == '_') => token.push(c),
+                _ => token.clear(),
+            }
+        }
+        fields
+    }
+
+    #[test]
+    fn every_config_field_has_a_key() {
+        let table = key_table();
+        let paths: Vec<&str> = table.iter().map(|k| k.path).collect();
+        let fields = debug_fields(&format!("{:?}", Config::default()));
+        assert!(fields.len() >= 13, "{fields:?}");
+        for field in fields.iter().filter(|f| *f != "listen") {
+            assert!(
+                paths.iter().any(|p| p.rsplit('.').next() == Some(field.as_str())),
+                "Config field {field} has no entry in config.rs KEYS"
+            );
+        }
+        for field in debug_fields(&format!("{:?}", Listen::default())) {
+            assert!(paths.contains(&format!("listen.{field}").as_str()), "Listen field {field} has no entry");
+        }
+    }
+
+    #[test]
+    fn every_key_is_read_and_described_by_the_validator() {
+        let defaults = Config::default();
+        for key in key_table() {
+            let known = Config::from_value(&at_path(key.path, Value::Null)).map(|p| p.warnings);
+            assert_eq!(known, Ok(vec![]), "{} is not a key the validator reads", key.path);
+            assert_ne!(key.kind, "unknown", "{}: no kind read from `{}`", key.path, key.valid);
+            assert!(!key.meaning.is_empty());
+            if key.default_follows.is_none() {
+                let parsed = Config::from_value(&at_path(key.path, key.default.clone())).map(|p| p.config);
+                assert_eq!(parsed.as_ref(), Ok(&defaults), "{}: default {} is not the default", key.path, key.default);
+            }
+            if matches!(key.kind, "number" | "integer" | "duration") {
+                assert!(key.min.is_some() && key.max.is_some(), "{}: no bounds in `{}`", key.path, key.valid);
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_are_the_validators() {
+        let accepts = |path: &str, v: Value| Config::from_value(&at_path(path, v)).is_ok();
+        for key in key_table() {
+            let (Some(min), Some(max)) = (key.min, key.max) else { continue };
+            let as_value = |x: f64| match key.kind {
+                "duration" => Value::from(x),
+                "integer" => Value::from(x as u64),
+                _ => Value::from(x),
+            };
+            assert!(accepts(key.path, as_value(max)), "{} refuses its max {max}", key.path);
+            assert_eq!(accepts(key.path, as_value(min)), !key.min_exclusive, "{} at its min {min}", key.path);
+            let above = if key.kind == "integer" { max + 1.0 } else { max * 1.001 };
+            assert!(!accepts(key.path, as_value(above)), "{} accepts {above} above its max", key.path);
+        }
+        let k = key_table().into_iter().find(|k| k.path == "threshold.ema_alpha");
+        assert_eq!(k.map(|k| (k.min, k.max, k.min_exclusive)), Some((Some(0.0), Some(1.0), true)));
+    }
+}
