@@ -552,6 +552,16 @@ const KEYS: &[(&str, &str, DefaultOf)] = &[
     ("max_body_bytes", "largest body, before and after gzip", DefaultOf::Field(|c| Value::from(c.max_body_bytes))),
     ("max_id_bytes", "longest cluster, node or cohort id", DefaultOf::Field(|c| Value::from(c.max_id_bytes))),
     ("max_points_per_push", "most data points in one push", DefaultOf::Field(|c| Value::from(c.max_points_per_push))),
+    (
+        "max_resources_per_push",
+        "most resources (nodes) in one push",
+        DefaultOf::Field(|c| Value::from(c.max_resources_per_push)),
+    ),
+    (
+        "max_cohorts_per_cluster",
+        "cohorts of one cluster a recompute keeps",
+        DefaultOf::Field(|c| Value::from(c.max_cohorts_per_cluster)),
+    ),
     ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives", DefaultOf::Probe),
     (
         "listen.otlp_http",
