@@ -8,7 +8,7 @@ use crate::error::FleetError;
 use crate::events::StragglerEvent;
 use crate::node::{NodeDetails, NodeScore, NodeState, DETAIL_GAUGES};
 use crate::otlp::{attribute, AnyValue, ExportRequest, KeyValue, Metric, NumberPoint, ResourceMetrics};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 pub const HEALTH_SCORE: &str = "ingero.node.health_score";
 pub const STRAGGLER_EVENT: &str = "ingero.node.straggler_event";
@@ -52,19 +52,25 @@ pub fn check_size(request: &ExportRequest, config: &Config) -> Result<(), FleetE
 /// Validates a request's points. `query_cluster` (already checked) wins over the
 /// resource attribute; the caller has ensured that one of the two exists.
 /// A node repeated within one push (in several points or resources) is stored
-/// once: its newest valid point wins, the later one on a tie. Linear in the
-/// push: repeats are found by hash (std's randomly keyed SipHash), whatever the ids.
+/// once: its newest valid point wins, the later one on a tie. Repeats are
+/// found in an ordered map: O(log n) id comparisons per resource, whatever the ids.
 pub fn extract(request: ExportRequest, query_cluster: Option<&str>, config: &Config) -> PushBatch {
     let mut batch = PushBatch::default();
     let mut newest: Vec<(u64, NodeScore)> = Vec::new();
-    let mut slots: HashMap<(String, String), usize> = HashMap::new();
+    // By cluster, then node: the slot in `newest`. An ordered map costs O(log n)
+    // comparisons per resource whatever the ids (a hash map in wasm32 has fixed keys).
+    let mut slots: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for resource in request.resource_metrics {
         let Some((time, score)) = extract_resource(resource, query_cluster, config, &mut batch) else { continue };
-        match slots.get(&(score.cluster.clone(), score.node.clone())) {
+        let nodes = match slots.get_mut(&score.cluster) {
+            Some(nodes) => nodes,
+            None => slots.entry(score.cluster.clone()).or_default(),
+        };
+        match nodes.get(&score.node) {
             Some(&at) if newest[at].0 <= time => newest[at] = (time, score),
             Some(_) => {}
             None => {
-                slots.insert((score.cluster.clone(), score.node.clone()), newest.len());
+                nodes.insert(score.node.clone(), newest.len());
                 newest.push((time, score));
             }
         }

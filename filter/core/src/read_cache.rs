@@ -10,7 +10,7 @@
 //! instead of repeating it, so however many clients poll, the store is read
 //! and the text built once per stamp.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// What a service caches of its reads: `/metrics`' per-cohort text and the
@@ -61,7 +61,7 @@ pub struct ReadCache {
 }
 
 /// The stamp the bodies were rendered for, and the bodies by key.
-type Bodies = (u64, HashMap<String, Arc<[u8]>>);
+type Bodies = (u64, BTreeMap<String, Arc<[u8]>>);
 
 /// Keys kept per stamp by default: every page a dashboard and a few scrapers ask for.
 pub const DEFAULT_CAPACITY: usize = 64;
@@ -75,7 +75,7 @@ impl Default for ReadCache {
 impl ReadCache {
     /// A cache keeping at most `capacity` bodies.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, entries: Mutex::new((0, HashMap::new())) }
+        Self { capacity, entries: Mutex::new((0, BTreeMap::new())) }
     }
 
     /// The body of `key` rendered for `stamp`, rendering it if needed. A failed
@@ -88,7 +88,7 @@ impl ReadCache {
     ) -> Result<Arc<[u8]>, E> {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.0 != stamp {
-            *entries = (stamp, HashMap::new());
+            *entries = (stamp, BTreeMap::new());
         }
         if let Some(body) = entries.1.get(key) {
             return Ok(body.clone());

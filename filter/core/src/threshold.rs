@@ -106,15 +106,11 @@ impl ThresholdBook {
         let cap = config.max_cohorts_per_cluster as usize;
         let mut cohorts = Vec::new();
         let mut cohorts_over_cap = 0u32;
-        for (cluster, groups) in tally.clusters {
-            let mut groups: Vec<(String, Group)> = groups.into_iter().collect();
+        for (cluster, mut groups) in tally.clusters {
             if groups.len() > cap {
-                groups.sort_by(|(a, ga), (b, gb)| {
-                    (!a.is_empty()).cmp(&!b.is_empty()).then(gb.live_nodes.cmp(&ga.live_nodes)).then(a.cmp(b))
-                });
-                cohorts_over_cap = cohorts_over_cap.saturating_add((groups.len() - cap) as u32);
-                groups.truncate(cap);
-                groups.sort_by(|(a, _), (b, _)| a.cmp(b));
+                let keep = largest_cohorts(&groups, cap);
+                cohorts_over_cap = cohorts_over_cap.saturating_add((groups.len() - keep.len()) as u32);
+                groups.retain(|cohort, _| keep.contains(cohort));
             }
             for (cohort, group) in groups {
                 let previous = self.cohort(&cluster, &cohort).and_then(|s| s.threshold);
@@ -147,6 +143,22 @@ impl ThresholdBook {
     pub fn decode(bytes: &[u8]) -> Result<ThresholdBook, StoreError> {
         decode("book", bytes)
     }
+}
+
+/// The ids of the `cap` cohorts a recompute keeps: the default one, then the
+/// most live nodes, then the first ids. One pass, O(cohorts × cap), no sort.
+fn largest_cohorts(groups: &BTreeMap<String, Group>, cap: usize) -> Vec<String> {
+    // Best first: (is the default cohort, live nodes); ties keep the earlier id (map order).
+    let mut kept: Vec<(bool, u32, &String)> = Vec::with_capacity(cap + 1);
+    for (cohort, group) in groups {
+        let rank = (cohort.is_empty(), group.live_nodes);
+        let at = kept.iter().position(|(d, n, _)| rank > (*d, *n)).unwrap_or(kept.len());
+        if at < cap {
+            kept.insert(at, (rank.0, rank.1, cohort));
+            kept.truncate(cap);
+        }
+    }
+    kept.into_iter().map(|(_, _, cohort)| cohort.clone()).collect()
 }
 
 fn snapshot(
