@@ -1,7 +1,8 @@
 """The front doors scripts/bench measures: tests/frontdoors.py's registry (the
 same factories the conformance suite runs), started with the release server,
 plus the anchor, which answers without Fleet. Measuring another front door is
-one entry in DOORS."""
+one entry in DOORS. Also the observe-mode pair: an Envoy proxying pushes to an
+upstream, without and with the filter in observe mode (PIPELINES)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dynamic import MODULE as DYNAMIC_MODULE  # noqa: E402
 from fleet import WASM, Envoy, fleet_envoy, free_port, render_envoy  # noqa: E402
 from frontdoors import FRONT_DOORS, SERVER as DEBUG_SERVER  # noqa: E402
 from frontdoors import Door as Running  # noqa: E402,F401  (bench_run's name for a started door)
+from peers import observe_envoy  # noqa: E402
 
 ANCHOR = ROOT / "envoy/bench-anchor.yaml"
 LISTENERS = ("otlp_http", "api", "metrics")
@@ -111,3 +113,42 @@ WASM_VARIANTS = [
     ("wasm filter stores an agent push (protobuf)", wasm, ["--body", "protobuf"]),
     ("wasm filter stores an agent push (JSON)", wasm, ["--body", "json"]),
 ]
+
+
+# === observe mode: Fleet added to a pipeline that already proxies pushes ===
+
+def _without_filter(config: dict) -> dict:
+    """envoy/envoy-observe.yaml with the wasm filter taken off the push listener (and its per-route
+    switch with it): the pipeline as it was before Fleet joined it. The API and metrics listeners keep the
+    filter; no request reaches them during the comparison."""
+    for listener in config["static_resources"]["listeners"]:
+        if listener["name"] != "otlp_http":
+            continue
+        for f in listener["filter_chains"][0]["filters"]:
+            manager = f["typed_config"]
+            manager["http_filters"] = [hf for hf in manager["http_filters"] if hf["name"] != "envoy.filters.http.wasm"]
+            for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
+                route.pop("typed_per_filter_config", None)
+    return config
+
+
+@contextmanager
+def pipeline(filtered: bool, plugin_config: dict, upstream_push: int, concurrency: int) -> Iterator[Running]:
+    """envoy/envoy-observe.yaml rendered as the tests render it (tests/peers.py `observe_envoy`), its
+    otel_collector cluster pointed at `upstream_push`; with the filter in observe mode, or without it."""
+    envoy, ports = observe_envoy(plugin_config, upstream_push, concurrency=concurrency)
+    envoy.log_level = "error"
+    if not filtered:
+        envoy.config = _without_filter(envoy.config)
+    with envoy:
+        yield Running("observe" if filtered else "proxy", ports.push, ports.api, ports.metrics, None,
+                      (envoy.process.pid,), envoy.admin_port)
+
+
+# (key, title, filtered): the two sides of the observe-mode comparison, each in front of the same upstream,
+# an anchor Envoy (buffer + direct_response 200 `{}`): cheap and steady, so the ratio is the filter's cost.
+PIPELINES = [
+    ("proxy", "Envoy proxying pushes to an upstream (no Fleet)", False),
+    ("observe", "the same Envoy + wasm filter in observe mode", True),
+]
+OBSERVE_ARTEFACT = WASM

@@ -112,6 +112,69 @@ def stalls(results: dict) -> list[str]:
     return lines
 
 
+def observe(results: dict) -> list[str]:
+    """The observe-mode pair: each side per round, and the ratio of with to without the filter."""
+    pair = results.get("observe")
+    if not pair:
+        return []
+    titles = pair["titles"]
+    rate = pair["rounds"][0]["proxy"]["rate"]["plan"]["rate"]
+    lines = ["| round | pipeline | saturation pushes/s | ratio to without the filter | p50 / p99 / p99.9 ms | "
+             f"front Envoy CPU µs/push | upstream CPU % | idle RSS MiB | at {rate:,.0f}/s offered: achieved, "
+             "p50 / p99 ms, front Envoy CPU %, errors | pushes received → reached the upstream |",
+             "|---:|---|---:|---:|---|---:|---:|---:|---|---|"]
+    for n, sides in enumerate(pair["rounds"], 1):
+        base = sides["proxy"].get("saturation", {}).get("pushes", {}).get("achieved_rps")
+        for key, side in sides.items():
+            sat, run = side.get("saturation"), side["rate"]
+            push = run["pushes"]
+            cells = ("–",) * 5
+            if sat:
+                rps = sat["pushes"]["achieved_rps"]
+                cells = (f"{rps:,.0f}", f"{rps / base:.0%}" if base else "n/a", _lat(sat["pushes"]),
+                         f"{_cpu_us_per_request(sat):.1f}", f"{sat['upstream_cpu_pct']:.0f}")
+            lines.append(_row(n, titles[key], *cells, f"{side['idle_rss_bytes'] / MIB:.0f}",
+                              f"{push['achieved_rps']:,.0f}/s, {_ms(push['latency_ms']['p50'])} / "
+                              f"{_ms(push['latency_ms']['p99'])}, {run['server']['cpu_pct']:.0f}, {_errors(push)}",
+                              _forwarded(side.get("requests"))))
+    return lines
+
+
+def _forwarded(requests: dict | None) -> str:
+    if not requests:
+        return "–"
+    all_of = "all" if requests["upstream"] == requests["received"] else "**NOT all**"
+    return f"{requests['received']:,} → {requests['upstream']:,} ({all_of})"
+
+
+def observe_summary(results: dict) -> str:
+    """One sentence: the mean ratio over the rounds and what was checked afterwards."""
+    pair = results.get("observe")
+    if not pair:
+        return ""
+    ratios = [sides["observe"]["saturation"]["pushes"]["achieved_rps"] /
+              sides["proxy"]["saturation"]["pushes"]["achieved_rps"]
+              for sides in pair["rounds"] if "saturation" in sides["proxy"] and "saturation" in sides["observe"]]
+    extra = [_cpu_us_per_request(sides["observe"]["saturation"]) - _cpu_us_per_request(sides["proxy"]["saturation"])
+             for sides in pair["rounds"] if "saturation" in sides["proxy"] and "saturation" in sides["observe"]]
+    verify, forwarded = pair.get("verify", {}), pair.get("forwarded", {})
+    text = ""
+    if ratios:
+        text += (f"With the filter in observe mode the pipeline carries {sum(ratios) / len(ratios):.0%} of what it "
+                 f"carries without it (mean of {len(ratios)} round{'s' * (len(ratios) > 1)}: "
+                 f"{', '.join(f'{r:.0%}' for r in ratios)}), at {sum(extra) / len(extra):+.1f} µs of front Envoy "
+                 "CPU per push. ")
+    every = all(side.get("requests") and side["requests"]["upstream"] == side["requests"]["received"]
+                for sides in pair["rounds"] for side in sides.values())
+    text += ("Every push reached the upstream. " if every else
+             "**Some pushes did not reach the upstream** (answered by the front Envoy itself). ")
+    text += ("Thresholds afterwards: " + ("correct" if verify.get("threshold_ok") else
+                                          f"WRONG: {verify.get('why', 'not checked')}") + "; ")
+    text += ("a push came back 200 `{}` with `X-Ingero-Threshold` added." if forwarded.get("ok")
+             else f"a push did NOT come back as expected: {forwarded}.")
+    return text
+
+
 def one_worker(results: dict) -> list[str]:
     two = {door["title"]: door["saturation"] for door in results["doors"].values()}
     lines = ["| front door (closed loop) | --concurrency 1: pushes/s, p99 ms, Envoy CPU % | "
@@ -248,6 +311,20 @@ def markdown(results: dict) -> str:
         "",
         *stalls(results),
         "",
+        "## Fleet on an existing pipeline (observe mode)",
+        "",
+        "An Envoy that already proxies pushes to an upstream (`envoy/envoy-observe.yaml` with the wasm filter "
+        "taken off the push listener) against the same Envoy with the filter in observe mode (`\"mode\": "
+        "\"observe\"`: the push goes on unchanged, the filter scores it on the way and adds the threshold "
+        "headers to the upstream's answer). The upstream is one anchor Envoy (buffer + `direct_response` 200 "
+        "`{}`) shared by both sides, so the difference is the filter's. Each side is a fresh front Envoy; the "
+        "rounds alternate them. Pushes only, the same agents and connections as above; CPU µs/push is the front "
+        "Envoy's alone, the upstream's CPU is shown beside it.",
+        "",
+        *observe(results),
+        "",
+        observe_summary(results),
+        "",
         "## One Envoy worker or two",
         "",
         *one_worker(results),
@@ -278,9 +355,10 @@ def _body_bytes(results: dict) -> str:
     return "?"
 
 
-def write(results: dict) -> str:
-    """Writes docs/bench.md and docs/bench.png; returns the Markdown."""
+def write(results: dict, into=None) -> str:
+    """Writes bench.md and bench.png into `into` (docs/ by default); returns the Markdown."""
+    into = into or DOCS
     text = markdown(results)
-    (DOCS / "bench.md").write_text(text)
-    plot(results, DOCS / "bench.png")
+    (into / "bench.md").write_text(text)
+    plot(results, into / "bench.png")
     return text

@@ -15,8 +15,9 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from bench_doors import DOORS, ROOT, WASM_VARIANTS, Door, Running
-from fleet import request
+import perf_guard
+from bench_doors import DOORS, OBSERVE_ARTEFACT, PIPELINES, ROOT, WASM_VARIANTS, Door, Running, anchor, pipeline
+from fleet import agent_push, push, request
 
 LOADGEN = ROOT / "target/release/ingero-bench"
 OUT = ROOT / "target/bench"
@@ -24,9 +25,11 @@ OUT = ROOT / "target/bench"
 # The full run: 100 000 agents in 100 clusters pushing every 5 s is 20 000 pushes/s.
 FULL = dict(nodes=100_000, clusters=100, connections=64, rates=[2000, 5000, 10000, 15000, 20000],
             warmup=1.0, duration=5.0, saturation_warmup=2.0, saturation=6.0, query_share=0.05,
-            sizes=[1000, 10_000, 100_000], idle=3.0)
+            sizes=[1000, 10_000, 100_000], idle=3.0, observe_rounds=2,
+            # Below what Envoy proxying HTTP/1.1 to an upstream carries here (about 7 000/s).
+            observe_rate=4000)
 SMOKE = dict(nodes=200, clusters=4, connections=8, rates=[300], warmup=0.5, duration=2.0,
-             saturation_warmup=0.0, saturation=0.0, query_share=0.1)
+             saturation_warmup=0.0, saturation=0.0, query_share=0.1, observe_rounds=1, observe_rate=300)
 
 
 # === measuring a process ===
@@ -262,14 +265,10 @@ def callgrind(step_names: list, nodes: int = 500, iterations: int = 3000) -> dic
     JSON push. Empty unless scripts/bench built target/prof (it does when valgrind exists)."""
     if not PROFILED.exists():
         return {}
-    data = OUT / "callgrind.out"
+    data = OUT / "callgrind.out"  # perf_guard.instructions creates its folder (a fresh clone has none)
 
     def instructions(only: str, *extra: str) -> int:
-        run = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={data}", *extra, str(PROFILED),
-                              "steps", "--nodes", str(nodes), "--iterations", str(iterations), "--only", only],
-                             capture_output=True, text=True, check=True)
-        refs = [line for line in run.stderr.splitlines() if "refs:" in line]
-        return int(refs[-1].split()[-1].replace(",", ""))
+        return perf_guard.instructions(PROFILED, only, nodes, iterations, data, *extra)
 
     base = instructions("(none)")
     steps = {name: (instructions(name) - base) / iterations for name in step_names}
@@ -298,11 +297,79 @@ def variants(p: dict, concurrency: int) -> list:
     return out
 
 
+def observe_pair(p: dict, concurrency: int) -> dict:
+    """The cost of Fleet on an existing pipeline: an Envoy proxying pushes to an upstream (an anchor Envoy
+    answering 200 `{}`), without the filter and with it in observe mode, each a fresh process in front of the
+    same upstream, alternating `observe_rounds` times: closed-loop saturation, then one open-loop rate
+    (pushes only). The front Envoy's CPU is the door's; the upstream's is kept beside it. Afterwards, the
+    observe side's thresholds must equal the loadgen's computation, and a push must come back with the
+    upstream's answer and the threshold header added."""
+    interval = 1.0 if p is SMOKE else 5.0
+    # Room for the fleet and the one probe node of forwarded_with_header.
+    config = plugin_config(f"{interval:.0f}s", max(p["nodes"], 1000) + 1)
+    out: dict = {"titles": {key: title for key, title, _ in PIPELINES}, "rounds": []}
+    with anchor({}, concurrency) as upstream:
+        for last in [False] * (p["observe_rounds"] - 1) + [True]:
+            sides: dict = {}
+            for key, _, filtered in PIPELINES:
+                with pipeline(filtered, config, upstream.push, concurrency) as running:
+                    upstream0 = push_requests(upstream, "bench_anchor_otlp")
+                    side: dict = {"idle_rss_bytes": rss_bytes(running)}
+                    if p["saturation"]:
+                        side["saturation"] = beside(upstream, lambda: saturation_run(running, p))
+                    side["rate"] = beside(upstream, lambda: loadgen(
+                        running, "--rate", p["observe_rate"], "--warmup", p["warmup"], "--duration", p["duration"],
+                        *fleet_args(p)))
+                    if filtered and last:
+                        out["verify"] = verify(running, p, interval)
+                        out["forwarded"] = forwarded_with_header(running)
+                    # Every push the front door received reached the upstream (none answered locally).
+                    side["requests"] = {"received": push_requests(running, "ingero_fleet_otlp"),
+                                        "upstream": push_requests(upstream, "bench_anchor_otlp") - upstream0}
+                sides[key] = side
+            out["rounds"].append(sides)
+    return out
+
+
+def beside(upstream: Running, run: Callable[[], dict]) -> dict:
+    """`run()`'s result with the upstream's CPU % over it."""
+    cpu0, wall0 = cpu_seconds(upstream), time.monotonic()
+    result = run()
+    result["upstream_cpu_pct"] = 100 * (cpu_seconds(upstream) - cpu0) / (time.monotonic() - wall0)
+    return result
+
+
+def push_requests(running: Running, stat_prefix: str) -> int:
+    """Requests an Envoy's push listener received (its HTTP connection manager's `stat_prefix`)."""
+    name = f"http.{stat_prefix}.downstream_rq_total"
+    text = request(running.admin, "GET", f"/stats?filter=^{name.replace('.', '[.]')}$").body.decode()
+    return int(text.split(":")[1]) if text.startswith(name + ":") else 0
+
+
+def forwarded_with_header(running: Running) -> dict:
+    """One more agent push into a cluster with quorum: in observe mode the answer is the upstream's
+    (200, body `{}`) with X-Ingero-Threshold added, equal to the threshold API's (that the push reached
+    the upstream is checked by counting, in observe_pair)."""
+    cluster = "bench-cluster-000"
+    r = push(running.push, cluster, agent_push("bench-observe-probe", 0.9, cluster))
+    api = json.loads(request(running.api, "GET", f"/api/v1/threshold?cluster_id={cluster}",
+                             headers={"Accept": "application/json"}).body)
+    header = r.headers.get("x-ingero-threshold")
+    ok = (r.status == 200 and r.body == b"{}" and header is not None
+          and abs(float(header) - api.get("threshold", -1)) <= 1e-6)
+    return {"ok": ok, "status": r.status, "body": r.body[:200].decode(errors="replace"), "header": header,
+            "api_threshold": api.get("threshold")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="CI-sized run: seconds, small N, low rate")
     parser.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads (default 2)")
-    parser.add_argument("--doors", default="", help="comma-separated subset of: " + ", ".join(d.key for d in DOORS))
+    parser.add_argument("--doors", default="", help="comma-separated subset of: " +
+                        ", ".join([d.key for d in DOORS] + ["observe", "profile"]) +
+                        " (observe: Envoy proxying to an upstream without vs with the filter in observe mode; "
+                        "profile: the wasm variants, one worker, native steps); a subset's report goes to "
+                        "target/bench/bench.md, not docs/")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     p = SMOKE if args.smoke else FULL
@@ -344,7 +411,13 @@ def main() -> int:
             stage(f"{door.key} sizes", lambda: [size_point(door, n, p, args.concurrency) for n in p["sizes"]],
                   results["sizes"], door.key)
             stage(f"{door.key} stalls", lambda: stalls(door, p, args.concurrency), results["stalls"], door.key)
-    if not args.smoke:
+    if not wanted or "observe" in wanted:
+        if OBSERVE_ARTEFACT.exists():
+            print("bench: observe mode on an existing pipeline ...", file=sys.stderr)
+            stage("observe", lambda: observe_pair(p, args.concurrency), results, "observe")
+        else:
+            results["skipped"]["observe"] = f"{OBSERVE_ARTEFACT.relative_to(ROOT)} not built"
+    if not args.smoke and (not wanted or "profile" in wanted):
         print("bench: wasm filter variants and native core ...", file=sys.stderr)
         stage("variants", lambda: variants(p, args.concurrency), results, "variants")
         stage("one_worker", lambda: one_worker(p), results, "one_worker")
@@ -357,7 +430,8 @@ def main() -> int:
         print(f"bench: failed stages: {results['failed']}", file=sys.stderr)
     if not args.smoke:
         import bench_report
-        print(bench_report.write(results))
+        # A subset of the run does not replace the full report in docs/.
+        print(bench_report.write(results, None if not wanted else OUT))
     return 1 if results["failed"] else 0
 
 

@@ -22,6 +22,9 @@ CHART = ROOT / "helm/ingero-fleet"
 NOT_DEPLOYMENT_VALUES = {
     "mode": "the chart sets it from observe.upstream; the WasmPlugin example terminates (the default)",
     "routes": "per listener, in the Envoy config each deployment renders; one WasmPlugin serves every route",
+    "recompute": "set per instance in the Envoy config (the filters and the singleton service differ)",
+    "push_identities": "holds bearer secrets, which belong in a Secret rather than chart values or a WasmPlugin; "
+                       "set it in the plugin or server configuration (docs/security.md)",
 }
 
 

@@ -301,13 +301,16 @@ def test_grpc_errors_are_grpc_statuses(door):
         ("undecodable message", b"\x0a\x05\x01", grpc.StatusCode.INVALID_ARGUMENT, "invalid OTLP protobuf"),
         ("no cluster anywhere", as_protobuf(agent_push("x", 0.9)), grpc.StatusCode.INVALID_ARGUMENT,
          "cluster_id is missing"),
-        # tonic refuses a message over max_body_bytes before the core sees it.
+        # The core reads the body as it streams in and refuses it past the limit, as over HTTP.
         ("over max_body_bytes", as_protobuf(agent_push("x" * 70000, 0.9, cluster="grpc-errors")),
-         grpc.StatusCode.OUT_OF_RANGE, "too large"),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds max_body_bytes"),
     ]
+    too_large = 'ingero_fleet_dropped_total{reason="body_too_large"}'
+    before = scrape(door.metrics)[too_large]
     for name, message, status, text in cases:
         code, details, _, _ = grpc_export(port, message)
         assert code == status and text in details, f"{name}: {code} {details}"
+    assert scrape(door.metrics)[too_large] == before + 1, "the oversized call is counted like an HTTP one"
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         with pytest.raises(grpc.RpcError) as e:
             channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")(b"", timeout=5)

@@ -105,11 +105,12 @@ def test_pushes_reach_the_collector_unchanged_with_threshold_headers(encoding):
             assert abs(float(answer.headers["x-ingero-threshold"]) - want) < 1e-9
             assert threshold(ports.api, "observed").json()["quorum_met"] is True
             # The collector's own answer reaches the client: the same as it gives directly.
-            body, headers = encode(agent_push("direct", 0.9, cluster="direct"), encoding)
+            plain = agent_push("direct", 0.9, cluster="direct")
+            body, headers = encode(plain, encoding)
             direct = push(collector.otlp_port, "direct", body, content_type, headers)
             assert (answer.status, answer.headers["content-type"], answer.body) == \
                    (direct.status, direct.headers["content-type"], direct.body)
-            sent.extend(points(json.loads(agent_push("direct", 0.9, cluster="direct"))))
+            sent.extend(points(json.loads(plain)))
             # Every accepted push arrived with the same points, nothing more.
             wait_for(lambda: sum(len(points(x)) for x in output(collector)) >= len(sent), timeout=10,
                      what="the file exporter to write every push")

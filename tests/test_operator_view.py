@@ -74,7 +74,9 @@ def test_state_changes_and_expiry_show_in_listings(fleet):
     # Without further pushes every node expires after 3 s and leaves the listings.
     wait_for(lambda: get(ports.api, "/api/v1/nodes?cluster_id=churn")["total"] == 0, timeout=10,
              what="churn nodes to expire")
-    assert all(c["cluster_id"] != "churn" for c in get(ports.api, "/api/v1/clusters")["clusters"])
+    # The cluster listing reads the published book, which each worker picks up at its next tick.
+    wait_for(lambda: all(c["cluster_id"] != "churn" for c in get(ports.api, "/api/v1/clusters")["clusters"]),
+             timeout=5, what="the churn cluster to leave the cluster listing")
 
 
 class _Dom(HTMLParser):

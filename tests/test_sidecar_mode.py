@@ -32,12 +32,13 @@ def test_the_filter_answers_and_the_app_behind_it_sees_no_push():
         assert threshold(app.ports["api"], "mesh").json() == {"threshold": 0, "quorum_met": False}
 
 
-def test_pausing_on_headers_without_the_host_setting_would_hang():
-    """Why `pause_on_headers: false` exists: Envoy then never delivers the body."""
+def test_pausing_on_headers_without_the_host_setting_is_answered_naming_it():
+    """Why `pause_on_headers: false` exists: Envoy then never delivers the body.
+    The filter notices and answers the push (500) with the setting to fix."""
     app, listen, config = sidecar(CONFIG)
     plugin = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
         "http_filters"][0]["typed_config"]["config"]
     plugin["configuration"]["value"] = json.dumps(CONFIG | {"pause_on_headers": True})
     with app, Envoy(config):
-        with pytest.raises(TimeoutError):
-            push(listen["otlp_http"], "mesh", agent_push("n0", 0.9, cluster="mesh"), timeout=2)
+        r = push(listen["otlp_http"], "mesh", agent_push("n0", 0.9, cluster="mesh"), timeout=4)
+        assert r.status == 500 and b"pause_on_headers" in r.body, (r.status, r.body)

@@ -73,7 +73,7 @@ def test_unknown_keys_are_warned_about_and_valid_keys_apply():
     with Standalone(config) as server:
         log = server.log()
         for key in ("threshold.kk", "colour", "threshold_k"):
-            assert f"WARN  ingero_fleet] unknown configuration key {key} ignored" in log, log
+            assert f"WARN ingero_fleet: unknown configuration key {key} ignored" in log, log
         # statistical_min 3 is in force: three nodes make a quorum.
         for i, score in enumerate([0.9, 0.91, 0.92]):
             assert push(server.door.push, "three", agent_push(f"n{i}", score, cluster="three")).status == 200

@@ -10,7 +10,7 @@ use ingero_fleet_core::otlp::{BodyFormat, ExportRequest};
 use ingero_fleet_core::push::extract;
 use ingero_fleet_core::reply::Reply;
 use ingero_fleet_core::threshold::CohortTally;
-use ingero_fleet_core::{Config, Fleet, HeadStep, MemoryCounters, MemoryStore, RequestHead, ThresholdBook};
+use ingero_fleet_core::{Config, Fleet, MemoryCounters, MemoryStore, RequestHead, ThresholdBook};
 use serde_json::{json, Value};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -28,53 +28,35 @@ fn filled(fleet: &AgentFleet) -> Result<(MemoryFleet, Duration), BenchError> {
     let config = Config::from_value(&settings).map_err(|e| BenchError::Config(e.problems.join("; ")))?.config;
     let core = Fleet::new(config, MemoryStore::default(), MemoryCounters::default());
     core.init()?;
-    let book = ThresholdBook::default();
     let started = Instant::now();
     for index in 0..fleet.nodes {
-        push(&core, fleet, index, BodyKind::Json, &book, T0_MS)?;
+        push(&core, fleet, index, BodyKind::Json, T0_MS)?;
     }
     Ok((core, started.elapsed()))
 }
 
 /// One push through the core's head and body steps, as a front door does it.
-fn push(
-    core: &MemoryFleet,
-    fleet: &AgentFleet,
-    index: u64,
-    kind: BodyKind,
-    book: &ThresholdBook,
-    now_ms: u64,
-) -> Result<(), BenchError> {
+fn push(core: &MemoryFleet, fleet: &AgentFleet, index: u64, kind: BodyKind, now_ms: u64) -> Result<(), BenchError> {
     let agent = fleet.agent(index);
     let path = format!("/v1/metrics?cluster_id={}", agent.cluster_id);
     let body = agent.body(kind, now_ms * 1_000_000);
-    push_bytes(core, &path, kind, &body, book, now_ms)
+    push_bytes(core, &path, kind, &body, now_ms)
 }
 
-fn push_bytes(
-    core: &MemoryFleet,
-    path: &str,
-    kind: BodyKind,
-    body: &[u8],
-    book: &ThresholdBook,
-    now_ms: u64,
-) -> Result<(), BenchError> {
+fn push_bytes(core: &MemoryFleet, path: &str, kind: BodyKind, body: &[u8], now_ms: u64) -> Result<(), BenchError> {
     let head = RequestHead {
         method: "POST",
         path,
         content_type: Some(kind.content_type()),
-        content_encoding: None,
         content_length: Some(body.len()),
+        ..RequestHead::default()
     };
-    match core.on_head(&head, book) {
-        HeadStep::ReadBody(pending) => {
-            let answer = core.on_body(&pending, body, now_ms, book);
-            match answer.reply.status {
-                200 if answer.outcome.drops.is_empty() => Ok(()),
-                status => Err(BenchError::Unexpected(format!("push answered {status}: {:?}", answer.outcome))),
-            }
+    match core.handle(&head, body, now_ms) {
+        Some(answer) if answer.reply.status == 200 && answer.outcome.drops.is_empty() => Ok(()),
+        Some(answer) => {
+            Err(BenchError::Unexpected(format!("push answered {}: {:?}", answer.reply.status, answer.outcome)))
         }
-        other => Err(BenchError::Unexpected(format!("push head answered {other:?}"))),
+        None => Err(BenchError::Unexpected(format!("{path} is not a Fleet route"))),
     }
 }
 
@@ -89,7 +71,7 @@ pub fn recompute(fleet: AgentFleet, repeats: u32) -> Result<Value, BenchError> {
     for r in 1..=repeats.clamp(1, 4) {
         let now = T0_MS + u64::from(r) * INTERVAL_MS;
         let started = Instant::now();
-        book = core.tick(now)?.ok_or_else(|| BenchError::Unexpected("tick did not recompute".into()))?;
+        book = core.tick(now)?.ok_or_else(|| BenchError::Unexpected("tick did not recompute".into()))?.as_ref().clone();
         tick_ms.push(ms(started.elapsed()));
         // The two halves of a tick, timed apart: reading and expiring the shards, then the statistics.
         let started = Instant::now();
@@ -146,8 +128,8 @@ pub fn steps(fleet: AgentFleet, iterations: u64, only: &str) -> Result<Value, Be
         method: "POST",
         path: &paths[at(i)],
         content_type: Some("application/json"),
-        content_encoding: None,
         content_length: Some(json[at(i)].len()),
+        ..RequestHead::default()
     };
     let query_paths: Vec<String> = (0..fleet.clusters.max(1))
         .map(|c| format!("/api/v1/threshold?cluster_id={}", crate::agent::cluster_id(c)))
@@ -164,8 +146,8 @@ pub fn steps(fleet: AgentFleet, iterations: u64, only: &str) -> Result<Value, Be
         out.insert(name.to_owned(), json!(started.elapsed().as_secs_f64() * 1e6 / iterations.max(1) as f64));
         Ok(())
     };
-    step("head: on_head of a push", &mut |i| {
-        black_box(core.on_head(&head(i), &book));
+    step("head: decide on a push", &mut |i| {
+        black_box(core.decide(&head(i), now));
         Ok(())
     })?;
     step("decode: OTLP JSON", &mut |i| {
@@ -189,16 +171,14 @@ pub fn steps(fleet: AgentFleet, iterations: u64, only: &str) -> Result<Value, Be
         black_box(Reply::pushed(BodyFormat::Json, 0, None).with_piggyback(book.threshold(&agents[0].cluster_id, "")));
         Ok(())
     })?;
-    step("whole push: JSON agent body", &mut |i| {
-        push_bytes(&core, &paths[at(i)], BodyKind::Json, &json[at(i)], &book, now)
-    })?;
+    step("whole push: JSON agent body", &mut |i| push_bytes(&core, &paths[at(i)], BodyKind::Json, &json[at(i)], now))?;
     step("whole push: protobuf agent body", &mut |i| {
-        push_bytes(&core, &paths[at(i)], BodyKind::Protobuf, &protobuf[at(i)], &book, now)
+        push_bytes(&core, &paths[at(i)], BodyKind::Protobuf, &protobuf[at(i)], now)
     })?;
-    step("whole push: empty body", &mut |i| push_bytes(&core, &paths[at(i)], BodyKind::Empty, &empty, &book, now))?;
-    step("threshold query: on_head", &mut |i| {
+    step("whole push: empty body", &mut |i| push_bytes(&core, &paths[at(i)], BodyKind::Empty, &empty, now))?;
+    step("threshold query: decide", &mut |i| {
         let path = &query_paths[(i % query_paths.len() as u64) as usize];
-        black_box(core.on_head(&RequestHead { method: "GET", path, ..RequestHead::default() }, &book));
+        black_box(core.decide(&RequestHead { method: "GET", path, ..RequestHead::default() }, now));
         Ok(())
     })?;
     Ok(json!({

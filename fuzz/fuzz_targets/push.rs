@@ -2,7 +2,7 @@
 //! picks content type and encoding, the rest is the body.
 #![no_main]
 
-use ingero_fleet_core::{Config, Fleet, HeadStep, MemoryCounters, MemoryStore, RequestHead, ThresholdBook};
+use ingero_fleet_core::{Config, Fleet, MemoryCounters, MemoryStore, RequestHead};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,10 +16,9 @@ fuzz_target!(|data: &[u8]| {
         content_type: Some(if selector & 1 == 0 { "application/json" } else { "application/x-protobuf" }),
         content_encoding: (selector & 2 != 0).then_some("gzip"),
         content_length: Some(body.len()),
+        ..RequestHead::default()
     };
-    let book = ThresholdBook::default();
-    if let HeadStep::ReadBody(push) = fleet.on_head(&head, &book) {
-        let answer = fleet.on_body(&push, body, 1_000, &book);
+    if let Some(answer) = fleet.handle(&head, body, 1_000) {
         assert!(matches!(answer.reply.status, 200 | 400 | 413 | 429));
         let _ = fleet.tick(20_000);
     }

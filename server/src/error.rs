@@ -20,6 +20,8 @@ pub enum ServerError {
     InFile { path: PathBuf, source: Box<ServerError> },
     #[error("cannot listen on {key} = {addr}: {source}")]
     Bind { key: &'static str, addr: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot create the node store: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]

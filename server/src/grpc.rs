@@ -1,23 +1,24 @@
-//! OTLP/gRPC: `MetricsService/Export` on its own port. The request message is
-//! handed to the core as an `application/x-protobuf` push, so gRPC and HTTP
-//! share one decoder and one set of rules; the reply becomes a gRPC answer
-//! with the threshold as response metadata (contract §2).
+//! OTLP/gRPC: `MetricsService/Export` on its own port. The call goes through
+//! the same exchange as an HTTP push (the core reads the gRPC framing), so gRPC
+//! and HTTP share one decoder, one set of limits and one set of counters; the
+//! reply becomes a gRPC answer with the threshold as response metadata (contract §2).
 
-use crate::state::{now_ms, State};
+use crate::http::receive;
+use crate::state::State;
 use axum::http;
-use bytes::{Buf, BufMut, Bytes};
-use ingero_fleet_core::ingress::PUSH_PATH;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use ingero_fleet_core::ingress::{grpc_frame, PUSH_PATH};
 use ingero_fleet_core::otlp::RpcStatus;
 use ingero_fleet_core::reply::{Reply, QUORUM_HEADER, THRESHOLD_HEADER};
-use ingero_fleet_core::{HeadStep, RequestHead};
+use ingero_fleet_core::service::bearer_token;
+use ingero_fleet_core::RequestHead;
 use prost::Message;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use tonic::body::Body;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::server::Grpc;
 use tonic::{Code, Status};
 
 /// The one method Fleet serves.
@@ -38,61 +39,59 @@ pub fn service(
        + 'static {
     tower::service_fn(move |request: http::Request<Body>| {
         let state = state.clone();
-        async move {
-            if request.uri().path() != EXPORT_PATH {
-                return Ok(Status::unimplemented(format!("{} is not served here", request.uri().path())).into_http());
-            }
-            let limit = state.fleet().config().max_body_bytes;
-            let export = tower::service_fn(move |message| std::future::ready(export(&state, message)));
-            let mut grpc = Grpc::new(RawMessage)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(limit);
-            Ok(grpc.unary(export, request).await)
-        }
+        async move { Ok(export(&state, request).await) }
     })
 }
 
-/// One `Export` call through the core.
-fn export(state: &State, request: tonic::Request<Bytes>) -> Result<tonic::Response<Bytes>, Status> {
-    let path = match request.metadata().get(CLUSTER_METADATA).and_then(|v| v.to_str().ok()) {
+/// One `Export` call through the core's exchange, like an HTTP push: the core
+/// reads the gRPC framing and enforces (and counts) the body limit.
+async fn export(state: &State, request: http::Request<Body>) -> http::Response<Body> {
+    if request.uri().path() != EXPORT_PATH {
+        return Status::unimplemented(format!("{} is not served here", request.uri().path())).into_http();
+    }
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let path = match header(CLUSTER_METADATA) {
         Some(cluster) => format!("{PUSH_PATH}?cluster_id={}", form_encode(cluster)),
         None => PUSH_PATH.to_owned(),
     };
-    let message = request.get_ref();
     let head = RequestHead {
         method: "POST",
         path: &path,
-        content_type: Some("application/x-protobuf"),
-        content_encoding: None,
-        content_length: Some(message.len()),
+        content_type: header("content-type"),
+        grpc_encoding: header("grpc-encoding"),
+        bearer: header("authorization").and_then(bearer_token),
+        ..RequestHead::default()
     };
-    let book = state.book();
-    let answer = match state.fleet().on_head(&head, &book) {
-        HeadStep::ReadBody(push) => state.fleet().on_body(&push, message, now_ms(), &book),
-        HeadStep::Answer(answer) => answer,
-        HeadStep::Pass => return Err(Status::internal("the push route is not a Fleet route")),
-    };
-    respond(answer.reply)
+    match receive(state.fleet(), &head, body, true).await {
+        Ok(Some(reply)) => respond(reply),
+        Ok(None) => Status::internal("the push route is not a Fleet route").into_http(),
+        Err(e) => Status::cancelled(format!("request body not received: {e}")).into_http(),
+    }
 }
 
-/// A protobuf reply as a gRPC answer: the body is the response message or a `google.rpc.Status`.
-fn respond(reply: Reply) -> Result<tonic::Response<Bytes>, Status> {
+/// A protobuf reply as a gRPC answer: the response message with the threshold
+/// as metadata, or the `google.rpc.Status` of a refusal.
+fn respond(reply: Reply) -> http::Response<Body> {
     let mut metadata = MetadataMap::new();
     for (header, key) in [(THRESHOLD_HEADER, "ingero-threshold"), (QUORUM_HEADER, "ingero-quorum-met")] {
         if let Some(value) = reply.header(header).and_then(|v| MetadataValue::try_from(v).ok()) {
             metadata.insert(key, value);
         }
     }
-    if reply.status == 200 {
-        let mut response = tonic::Response::new(Bytes::from(reply.body));
-        *response.metadata_mut() = metadata;
-        return Ok(response);
+    if reply.status != 200 {
+        // The core's rpc codes are gRPC codes (google.rpc.Code).
+        let status = RpcStatus::decode(reply.body.as_slice())
+            .unwrap_or_else(|e| RpcStatus { code: Code::Internal as i32, message: format!("undecodable error: {e}") });
+        return Status::with_metadata(Code::from(status.code), status.message, metadata).into_http();
     }
-    // The core's rpc codes are gRPC codes (google.rpc.Code).
-    let status = RpcStatus::decode(reply.body.as_slice())
-        .unwrap_or_else(|_| RpcStatus { code: Code::Internal as i32, message: "undecodable error".into() });
-    Err(Status::with_metadata(Code::from(status.code), status.message, metadata))
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = Full::new(Bytes::from(grpc_frame(&reply.body))).with_trailers(async { Some(Ok(trailers)) });
+    let mut response = http::Response::new(Body::new(body));
+    *response.headers_mut() = metadata.into_headers();
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    response
 }
 
 /// Query-string encoding of a metadata value, decoded again by the core.
@@ -104,46 +103,6 @@ fn form_encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-// === impl RawMessage ===
-
-/// A codec that passes message bytes through untouched: the core decodes them.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawMessage;
-
-impl Codec for RawMessage {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawMessage;
-    type Decoder = RawMessage;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        *self
-    }
-}
-
-impl Encoder for RawMessage {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawMessage {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
 }
 
 #[cfg(test)]

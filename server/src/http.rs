@@ -1,17 +1,19 @@
 //! OTLP/HTTP, the threshold API and the metrics scrape: every HTTP port hands
 //! each request to the core, plus liveness and readiness probes.
 
-use crate::state::{now_ms, State};
-use axum::body::Body;
+use crate::state::{now_ms, ServerFleet, State};
+use axum::body::HttpBody;
 use axum::extract::{Request, State as Shared};
-use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use ingero_fleet_core::reply::Reply;
-use ingero_fleet_core::{HeadStep, RequestHead};
+use ingero_fleet_core::service::bearer_token;
+use ingero_fleet_core::{Answer, Exchange, Flow, Host, RequestHead};
 use std::sync::Arc;
 
 /// Liveness probe path: the process serves HTTP.
@@ -32,7 +34,7 @@ async fn readyz(Shared(state): Shared<Arc<State>>) -> Response {
     }
 }
 
-/// The core's routes: head first, then the body if the core asks for it.
+/// The core's routes over HTTP.
 async fn fleet(Shared(state): Shared<Arc<State>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
@@ -42,37 +44,79 @@ async fn fleet(Shared(state): Shared<Arc<State>>, request: Request) -> Response 
         content_type: header(CONTENT_TYPE),
         content_encoding: header(CONTENT_ENCODING),
         content_length: header(CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
+        bearer: header(AUTHORIZATION).and_then(bearer_token),
+        ..RequestHead::default()
     };
-    let fleet = state.fleet();
-    let push = match fleet.on_head(&head, &state.book()) {
-        HeadStep::Pass => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
-        HeadStep::Answer(answer) => return send(answer.reply),
-        HeadStep::ReadBody(push) => push,
-    };
-    let answer = match read_body(body, fleet.config().max_body_bytes).await {
-        Ok(Some(bytes)) => fleet.on_body(&push, &bytes, now_ms(), &state.book()),
-        Ok(None) => fleet.body_too_large(&push, &state.book()),
+    match receive(state.fleet(), &head, body, false).await {
+        Ok(Some(reply)) => send(reply),
+        Ok(None) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
         Err(e) => {
             // The client broke the request (disconnect, bad chunking): it costs this connection only.
             log::debug!("request body not received: {e}");
-            return (StatusCode::BAD_REQUEST, "incomplete request body\n").into_response();
-        }
-    };
-    send(answer.reply)
-}
-
-/// The whole body, or `None` as soon as it grows past `limit` bytes.
-async fn read_body(mut body: Body, limit: usize) -> Result<Option<Vec<u8>>, axum::Error> {
-    let mut bytes = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if bytes.len() + data.len() > limit {
-                return Ok(None);
-            }
-            bytes.extend_from_slice(&data);
+            (StatusCode::BAD_REQUEST, "incomplete request body\n").into_response()
         }
     }
-    Ok(Some(bytes))
+}
+
+/// Drives the core's exchange frame by frame, so the core decides when a body
+/// is too large; the core's reply, or `None` when the request is not Fleet's.
+pub async fn receive<B>(
+    fleet: &ServerFleet,
+    head: &RequestHead<'_>,
+    mut body: B,
+    answers_grpc: bool,
+) -> Result<Option<Reply>, B::Error>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    let mut exchange = Exchange::default();
+    let mut received = Received { head, body: Vec::new(), reply: None, answers_grpc };
+    let mut flow = exchange.on_request_headers(fleet, &mut received, head, false);
+    while matches!(flow, Flow::Hold | Flow::HoldBody) {
+        flow = match body.frame().await.transpose()? {
+            Some(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    received.body.extend_from_slice(&data);
+                }
+                exchange.on_request_body(fleet, &mut received, false)
+            }
+            None => exchange.on_request_body(fleet, &mut received, true),
+        };
+    }
+    Ok(received.reply)
+}
+
+/// The request as received so far, and the core's reply once it sends one.
+struct Received<'h> {
+    head: &'h RequestHead<'h>,
+    body: Vec<u8>,
+    reply: Option<Reply>,
+    answers_grpc: bool,
+}
+
+impl Host for Received<'_> {
+    fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    fn body(&self) -> Result<Vec<u8>, String> {
+        Ok(self.body.clone())
+    }
+
+    fn send_reply(&mut self, answer: &Answer) {
+        // Refusals are logged here, where the request is known.
+        self.reply = Some(crate::refusals::note(self.head, answer));
+    }
+
+    fn add_response_header(&mut self, _name: &'static str, _value: &str) {}
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn answers_grpc(&self) -> bool {
+        self.answers_grpc
+    }
 }
 
 /// The core's reply as an HTTP response.

@@ -60,8 +60,109 @@ pub struct Config {
     /// where the host cannot set it (Istio's WasmPlugin), set this false and let
     /// the headers go on to a next filter or upstream that waits for the body.
     pub pause_on_headers: bool,
+    /// What a filter in a proxy does with a push: answer it, or let it go on upstream and score it.
+    pub mode: Mode,
+    /// The routes this listener answers; the others go on to the next filter or the host's 404.
+    pub routes: RouteSet,
+    /// Who may push which clusters; empty: anyone who reaches the push port may push any cluster.
+    pub push_identities: PushIdentities,
+    /// Which of the VMs or threads sharing one store runs the interval's recompute.
+    pub recompute: Recompute,
     /// Listen addresses (used by the standalone server only).
     pub listen: Listen,
+}
+
+/// What a proxy filter does with a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fleet is the push's destination: it stores the scores and answers.
+    Terminate,
+    /// Fleet sits in front of another OTLP receiver (a collector): the push goes
+    /// on unchanged, its scores count once the upstream accepted it (2xx), and the
+    /// upstream's response gains the threshold headers.
+    Observe,
+}
+
+impl Mode {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Terminate => "terminate",
+            Self::Observe => "observe",
+        }
+    }
+}
+
+/// Which instance recomputes the thresholds each interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recompute {
+    /// Whichever instance ticks first in an interval (each front door's default).
+    Any,
+    /// This instance is the dedicated one (Envoy's singleton Wasm service on the
+    /// main thread): it always takes the interval.
+    Singleton,
+    /// Leave it to the singleton, so no worker stalls on a recompute; step in only
+    /// when the last recompute is more than one interval old (no singleton, or it stalled).
+    Deferred,
+}
+
+impl Recompute {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Singleton => "singleton",
+            Self::Deferred => "deferred",
+        }
+    }
+}
+
+/// Identities allowed to push, each with the clusters it may push (`*`: any).
+/// An identity is `token:<secret>` (sent as `Authorization: Bearer <secret>`)
+/// or a peer certificate's URI or DNS name (a SPIFFE ID under mTLS).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushIdentities(Vec<(String, Vec<String>)>);
+
+impl PushIdentities {
+    /// Whether pushes need no identity (the upstream product's default).
+    pub fn is_open(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The clusters the first matching identity may push: a bearer token or the
+    /// peer certificate's name.
+    pub fn clusters(&self, bearer: Option<&str>, peer: Option<&str>) -> Option<&[String]> {
+        self.0.iter().find_map(|(identity, clusters)| {
+            let matched = match identity.strip_prefix("token:") {
+                Some(secret) => bearer.is_some_and(|b| same_secret(b.as_bytes(), secret.as_bytes())),
+                None => peer == Some(identity.as_str()),
+            };
+            matched.then_some(clusters.as_slice())
+        })
+    }
+}
+
+/// Compares secrets without stopping at the first differing byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Groups of Fleet routes one listener serves, so each port serves only its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSet {
+    /// `POST /v1/metrics`.
+    pub push: bool,
+    /// The threshold API, the listings and the dashboard.
+    pub api: bool,
+    /// The Prometheus scrape.
+    pub metrics: bool,
+}
+
+impl RouteSet {
+    /// Every route: one listener serving everything.
+    pub const ALL: Self = Self { push: true, api: true, metrics: true };
+    /// The spellings of the `routes` list.
+    pub const NAMES: [&'static str; 3] = ["push", "api", "metrics"];
 }
 
 /// Where the standalone server listens.
@@ -102,6 +203,10 @@ impl Default for Config {
             max_resources_per_push: DEFAULT_MAX_RESOURCES_PER_PUSH,
             max_cohorts_per_cluster: DEFAULT_MAX_COHORTS_PER_CLUSTER,
             pause_on_headers: true,
+            mode: Mode::Terminate,
+            routes: RouteSet::ALL,
+            push_identities: PushIdentities::default(),
+            recompute: Recompute::Any,
             listen: Listen::default(),
         }
     }
@@ -121,6 +226,12 @@ impl Config {
             clusters: self.max_clusters,
             retry_after_s: u32::try_from(self.push_interval.as_secs()).unwrap_or(u32::MAX).max(1),
         }
+    }
+
+    /// How often a front door ticks: a quarter of the push interval, between 50 ms
+    /// and 1 s, so a published threshold is at most one interval plus one tick old.
+    pub fn tick_period(&self) -> Duration {
+        (self.push_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
     /// The push interval in milliseconds (never zero).
@@ -166,6 +277,10 @@ impl Config {
                 "max_resources_per_push",
                 "max_cohorts_per_cluster",
                 "pause_on_headers",
+                "mode",
+                "routes",
+                "push_identities",
+                "recompute",
             ],
         );
         let max_expected_nodes = check.int(root, "max_expected_nodes", d.max_expected_nodes, 1, 1_000_000);
@@ -185,6 +300,10 @@ impl Config {
             max_resources_per_push: check.int(root, "max_resources_per_push", d.max_resources_per_push, 1, 1_000_000),
             max_cohorts_per_cluster: check.int(root, "max_cohorts_per_cluster", d.max_cohorts_per_cluster, 1, 10_000),
             pause_on_headers: check.boolean(root, "pause_on_headers", d.pause_on_headers),
+            mode: check.mode(root, "mode", d.mode),
+            routes: check.routes(root, "routes", d.routes),
+            push_identities: check.identities(root, "push_identities"),
+            recompute: check.recompute(root, "recompute", d.recompute),
             listen: Listen {
                 otlp_http: check.string(listen, "listen.otlp_http", d.listen.otlp_http),
                 otlp_grpc: check.string(listen, "listen.otlp_grpc", d.listen.otlp_grpc),
@@ -359,6 +478,74 @@ impl Checker {
             Some(value) => {
                 self.problems.push(format!("{path} = {value} must be true or false"));
                 default
+            }
+        }
+    }
+
+    fn mode(&mut self, map: &Map<String, Value>, path: &str, default: Mode) -> Mode {
+        match Self::leaf(map, path).map(|v| (v, v.as_str())) {
+            None => default,
+            Some((_, Some("terminate"))) => Mode::Terminate,
+            Some((_, Some("observe"))) => Mode::Observe,
+            Some((value, _)) => {
+                self.problems.push(format!("{path} = {value} must be \"terminate\" or \"observe\""));
+                default
+            }
+        }
+    }
+
+    fn recompute(&mut self, map: &Map<String, Value>, path: &str, default: Recompute) -> Recompute {
+        let all = [Recompute::Any, Recompute::Singleton, Recompute::Deferred];
+        let Some(value) = Self::leaf(map, path) else { return default };
+        match all.into_iter().find(|r| value.as_str() == Some(r.as_str())) {
+            Some(r) => r,
+            None => {
+                let names: Vec<String> = all.iter().map(|r| format!("\"{}\"", r.as_str())).collect();
+                self.problems.push(format!("{path} = {value} must be {}", names.join(" or ")));
+                default
+            }
+        }
+    }
+
+    fn routes(&mut self, map: &Map<String, Value>, path: &str, default: RouteSet) -> RouteSet {
+        let Some(value) = Self::leaf(map, path) else { return default };
+        let names: Option<Vec<&str>> = value.as_array().and_then(|a| a.iter().map(Value::as_str).collect());
+        match names.filter(|n| !n.is_empty() && n.iter().all(|n| RouteSet::NAMES.contains(n))) {
+            Some(names) => RouteSet {
+                push: names.contains(&"push"),
+                api: names.contains(&"api"),
+                metrics: names.contains(&"metrics"),
+            },
+            None => {
+                self.problems.push(format!(
+                    "{path} = {value} must be a non-empty list of {}",
+                    RouteSet::NAMES.map(|n| format!("\"{n}\"")).join(", ")
+                ));
+                default
+            }
+        }
+    }
+
+    fn identities(&mut self, map: &Map<String, Value>, path: &str) -> PushIdentities {
+        let Some(value) = Self::leaf(map, path) else { return PushIdentities::default() };
+        let entries = value.as_object().map(|o| {
+            o.iter()
+                .map(|(identity, clusters)| {
+                    let clusters: Option<Vec<String>> =
+                        clusters.as_array().and_then(|a| a.iter().map(|c| c.as_str().map(str::to_owned)).collect());
+                    Some((identity.clone(), clusters.filter(|c| !c.is_empty())?))
+                        .filter(|(i, _)| !i.is_empty() && i != "token:")
+                })
+                .collect::<Option<Vec<_>>>()
+        });
+        match entries.flatten() {
+            Some(entries) => PushIdentities(entries),
+            None => {
+                self.problems.push(format!(
+                    "{path} = {value} must be an object mapping each identity (\"token:<secret>\" or a \
+                     certificate's URI/DNS name) to a non-empty list of cluster ids or \"*\""
+                ));
+                PushIdentities::default()
             }
         }
     }
@@ -564,6 +751,22 @@ const KEYS: &[(&str, &str, DefaultOf)] = &[
     ),
     ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives", DefaultOf::Probe),
     (
+        "mode",
+        "filter in a proxy: answer pushes, or pass them on to a collector and score the accepted ones",
+        DefaultOf::Probe,
+    ),
+    ("routes", "the Fleet routes this listener answers; others go on", DefaultOf::Probe),
+    (
+        "push_identities",
+        "who may push which clusters (bearer token or client certificate); empty: anyone",
+        DefaultOf::Field(|_| Value::Object(Map::new())),
+    ),
+    (
+        "recompute",
+        "who recomputes each interval: any instance, Envoy's singleton Wasm service, or defer to it",
+        DefaultOf::Probe,
+    ),
+    (
         "listen.otlp_http",
         "standalone server only: OTLP/HTTP pushes",
         DefaultOf::Field(|c| Value::from(c.listen.otlp_http.clone())),
@@ -659,6 +862,8 @@ fn read_valid(valid: &str) -> (&'static str, Option<f64>, Option<f64>, bool, Vec
         ("boolean", None, None, false, vec![Value::Bool(true), Value::Bool(false)])
     } else if valid.starts_with("a non-empty list of ") {
         ("list", None, None, false, quoted())
+    } else if valid.starts_with("an object") {
+        ("object", None, None, false, Vec::new())
     } else if valid.starts_with("a non-empty string") {
         ("string", None, None, false, Vec::new())
     } else if valid.starts_with("map ") {

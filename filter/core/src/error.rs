@@ -19,6 +19,12 @@ pub enum FleetError {
     BadJson(String),
     #[error("invalid OTLP protobuf: {0}")]
     BadProtobuf(String),
+    #[error("invalid gRPC message: {0}")]
+    BadGrpcFrame(String),
+    #[error(
+        "OTLP/gRPC is not answered here: push OTLP/HTTP (/v1/metrics) to this port, or gRPC to the standalone server"
+    )]
+    GrpcNotServed,
     #[error("invalid gzip body: {0}")]
     BadGzip(String),
     #[error("request body exceeds max_body_bytes ({limit} bytes)")]
@@ -33,12 +39,20 @@ pub enum FleetError {
     UnsupportedContentType(String),
     #[error("unsupported Content-Encoding {0:?}: use identity or gzip")]
     UnsupportedEncoding(String),
+    #[error("this push carries no identity allowed to push (push_identities): send Authorization: Bearer <token> or a client certificate")]
+    NoIdentity,
+    #[error("this identity may not push cluster {0:?} (push_identities)")]
+    ClusterNotAllowed(String),
     #[error("method {method} is not allowed here: use {allowed}")]
     MethodNotAllowed { method: String, allowed: &'static str },
     #[error("fleet state is busy, retry later")]
     Busy,
     #[error("shared data unavailable: {0}")]
     SharedData(String),
+    #[error("the proxy could not hand over the request body: {0}")]
+    Host(String),
+    #[error("Envoy held this push at its headers and never passed its body to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy >= 1.35), or \"pause_on_headers\": false in the plugin configuration")]
+    HeaderPauseIgnored,
     /// An answer could not be serialized: a bug, never answered with an empty body.
     #[error("cannot render the answer: {0}")]
     Render(String),
@@ -55,13 +69,15 @@ impl FleetError {
             | Self::EmptyBody
             | Self::BadJson(_)
             | Self::BadProtobuf(_)
-            | Self::BadGzip(_) => 400,
+            | Self::BadGzip(_)
+            | Self::BadGrpcFrame(_) => 400,
             Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } | Self::TooManyResources { .. } => 413,
-            Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) => 415,
+            Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) | Self::GrpcNotServed => 415,
             Self::MethodNotAllowed { .. } => 405,
+            Self::NoIdentity | Self::ClusterNotAllowed(_) => 403,
             Self::TooManyClusters { .. } => 429,
-            Self::Busy | Self::SharedData(_) => 503,
-            Self::Render(_) => 500,
+            Self::Busy | Self::SharedData(_) | Self::Host(_) => 503,
+            Self::HeaderPauseIgnored | Self::Render(_) => 500,
         }
     }
 
@@ -69,8 +85,9 @@ impl FleetError {
     pub fn rpc_code(&self) -> i32 {
         match self.status() {
             503 => 14,      // UNAVAILABLE
-            413 | 429 => 8, // RESOURCE_EXHAUSTED
             500 => 13,      // INTERNAL
+            403 => 7,       // PERMISSION_DENIED
+            413 | 429 => 8, // RESOURCE_EXHAUSTED
             _ => 3,         // INVALID_ARGUMENT
         }
     }

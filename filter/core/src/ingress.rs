@@ -1,6 +1,7 @@
 //! Reading a request's head and body: routes, query parameters, content type and
 //! encoding, size limits. Pure functions over strings and bytes.
 
+use crate::config::RouteSet;
 use crate::error::FleetError;
 use crate::otlp::BodyFormat;
 use flate2::read::GzDecoder;
@@ -45,6 +46,15 @@ impl Route {
         }
     }
 
+    /// Whether a listener serving `routes` answers this route.
+    pub fn served_by(self, routes: RouteSet) -> bool {
+        match self {
+            Self::Push => routes.push,
+            Self::Metrics => routes.metrics,
+            Self::Threshold | Self::Clusters | Self::Nodes | Self::Dashboard => routes.api,
+        }
+    }
+
     /// The one method this route accepts.
     pub fn method(self) -> &'static str {
         match self {
@@ -86,15 +96,52 @@ fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The body format named by a `Content-Type` header.
-pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, FleetError> {
+/// How the message sits in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The body is the message (OTLP/HTTP).
+    Plain,
+    /// One length-prefixed gRPC message (OTLP/gRPC `Export`).
+    Grpc,
+}
+
+/// The body format named by a `Content-Type` header, and its framing.
+pub fn body_format(content_type: Option<&str>) -> Result<(BodyFormat, Framing), FleetError> {
     let value = content_type.unwrap_or("");
     let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
-        "application/json" => Ok(BodyFormat::Json),
-        "application/x-protobuf" | "application/protobuf" => Ok(BodyFormat::Protobuf),
+        "application/json" => Ok((BodyFormat::Json, Framing::Plain)),
+        "application/x-protobuf" | "application/protobuf" => Ok((BodyFormat::Protobuf, Framing::Plain)),
+        "application/grpc" | "application/grpc+proto" => Ok((BodyFormat::Protobuf, Framing::Grpc)),
         _ => Err(FleetError::UnsupportedContentType(value.to_owned())),
     }
+}
+
+/// The message of a unary gRPC body (a 1-byte compressed flag, a 4-byte big-endian
+/// length, the message) and whether it is compressed.
+pub fn grpc_message(body: &[u8]) -> Result<(&[u8], bool), FleetError> {
+    let bad = |why: &str| FleetError::BadGrpcFrame(why.to_owned());
+    let (prefix, rest) = body.split_at_checked(5).ok_or_else(|| bad("shorter than the 5-byte message prefix"))?;
+    let compressed = match prefix[0] {
+        0 => false,
+        1 => true,
+        flag => return Err(bad(&format!("compressed flag {flag} is neither 0 nor 1"))),
+    };
+    let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    match rest.len().cmp(&length) {
+        std::cmp::Ordering::Equal => Ok((rest, compressed)),
+        std::cmp::Ordering::Less => Err(bad("the message is shorter than its prefix says")),
+        std::cmp::Ordering::Greater => Err(bad("more than one message in a unary call")),
+    }
+}
+
+/// A unary gRPC response body: the message behind its 5-byte prefix, uncompressed.
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed
 }
 
 /// Whether a `Content-Encoding` header names gzip; identity and none are plain.
@@ -161,13 +208,26 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(body_format(Some("application/json; charset=utf-8")), Ok(BodyFormat::Json));
-        assert_eq!(body_format(Some("Application/X-Protobuf")), Ok(BodyFormat::Protobuf));
+        assert_eq!(body_format(Some("application/json; charset=utf-8")), Ok((BodyFormat::Json, Framing::Plain)));
+        assert_eq!(body_format(Some("Application/X-Protobuf")), Ok((BodyFormat::Protobuf, Framing::Plain)));
+        assert_eq!(body_format(Some("application/grpc")), Ok((BodyFormat::Protobuf, Framing::Grpc)));
         assert!(matches!(body_format(Some("text/plain")), Err(FleetError::UnsupportedContentType(_))));
         assert!(matches!(body_format(None), Err(FleetError::UnsupportedContentType(_))));
         assert_eq!(is_gzip(Some("gzip")), Ok(true));
         assert_eq!(is_gzip(None), Ok(false));
         assert!(matches!(is_gzip(Some("br")), Err(FleetError::UnsupportedEncoding(_))));
+    }
+
+    #[test]
+    fn grpc_messages_are_unframed_strictly() {
+        let framed = grpc_frame(b"abc");
+        assert_eq!(grpc_message(&framed), Ok((&b"abc"[..], false)));
+        let mut compressed = framed.clone();
+        compressed[0] = 1;
+        assert_eq!(grpc_message(&compressed), Ok((&b"abc"[..], true)));
+        for bad in [&framed[..4], &framed[..7], &[framed.as_slice(), b"x"].concat(), &[2, 0, 0, 0, 0][..]] {
+            assert!(matches!(grpc_message(bad), Err(FleetError::BadGrpcFrame(_))), "{bad:?}");
+        }
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod exchange;
 pub mod ingress;
 pub mod listing;
 pub mod metrics;
@@ -24,10 +25,11 @@ pub mod stats;
 pub mod store;
 pub mod threshold;
 
-pub use config::Config;
+pub use config::{Config, Mode};
 pub use error::FleetError;
+pub use exchange::{Exchange, Flow, Host};
 pub use metrics::{CounterSink, MemoryCounters};
 pub use outcome::{Answer, DropReason, Outcome};
-pub use service::{Fleet, HeadStep, PendingPush, RequestHead};
+pub use service::{Fleet, HeadStep, PendingPush, RequestHead, ScoredPush};
 pub use store::{MemoryStore, SharedStore, StoreError};
 pub use threshold::{ThresholdBook, ThresholdSnapshot};

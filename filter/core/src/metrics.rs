@@ -14,24 +14,17 @@ pub enum Counter {
     Dropped(DropReason),
 }
 
-/// Every counter, in exposition order.
-pub const COUNTERS: [Counter; 15] = [
-    Counter::TotalPushes,
-    Counter::StragglerEvents,
-    Counter::Dropped(DropReason::InvalidPoint),
-    Counter::Dropped(DropReason::MaxExpectedNodes),
-    Counter::Dropped(DropReason::MaxNodesPerCluster),
-    Counter::Dropped(DropReason::MaxClusters),
-    Counter::Dropped(DropReason::MaxResourcesPerPush),
-    Counter::Dropped(DropReason::MaxPointsPerPush),
-    Counter::Dropped(DropReason::ShardFull),
-    Counter::Dropped(DropReason::EventShardFull),
-    Counter::Dropped(DropReason::Refused(400)),
-    Counter::Dropped(DropReason::Refused(405)),
-    Counter::Dropped(DropReason::Refused(413)),
-    Counter::Dropped(DropReason::Refused(415)),
-    Counter::Dropped(DropReason::Refused(503)),
-];
+/// Every counter, in exposition order: one per drop reason after the two totals.
+pub const COUNTERS: [Counter; 2 + DropReason::ALL.len()] = {
+    let mut all = [Counter::TotalPushes; 2 + DropReason::ALL.len()];
+    all[1] = Counter::StragglerEvents;
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        all[2 + i] = Counter::Dropped(DropReason::ALL[i]);
+        i += 1;
+    }
+    all
+};
 
 impl Counter {
     /// A flat name for hosts whose counters have no labels (proxy-wasm metrics).
@@ -193,7 +186,7 @@ mod tests {
     #[test]
     fn renders_counters_and_cohorts() {
         let sink = MemoryCounters::default();
-        Outcome { accepted_push: true, straggler_events: 2, drops: vec![(DropReason::Refused(400), 1)] }.record(&sink);
+        Outcome { accepted_push: true, straggler_events: 2, drops: vec![(DropReason::BadRequest, 1)] }.record(&sink);
         Outcome { accepted_push: true, ..Outcome::default() }.record(&sink);
         let book = ThresholdBook {
             epoch: 1,

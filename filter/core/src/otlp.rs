@@ -4,6 +4,7 @@
 //! of the wrong type must become a per-point rejection, not a failed push.
 
 mod json;
+mod json_scan;
 mod proto;
 
 pub use proto::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse, RpcStatus};
@@ -117,8 +118,45 @@ impl<'a> ExportRequest<'a> {
     /// Decodes a (decompressed) body.
     pub fn decode(format: BodyFormat, body: &'a [u8]) -> Result<Self, FleetError> {
         match format {
-            BodyFormat::Json => json::decode(body),
+            BodyFormat::Json => json_scan::decode(body),
             BodyFormat::Protobuf => proto::decode(body),
+        }
+    }
+
+    /// Decodes OTLP JSON with the hand-written scanner (`otlp/json_scan.rs`).
+    pub fn decode_json_scan(body: &'a [u8]) -> Result<Self, FleetError> {
+        json_scan::decode(body)
+    }
+
+    /// Decodes OTLP JSON with serde, the reference the scanner must agree with
+    /// (differential test and fuzz target); not on the request path.
+    pub fn decode_json_serde(body: &'a [u8]) -> Result<Self, FleetError> {
+        json::decode(body)
+    }
+
+    /// Whether the scanner and the serde reference agree on `body`: `Ok(true)` when
+    /// both decode it to the same request (compared bit for bit through `Debug`),
+    /// `Ok(false)` when both refuse it with the same error variant and status
+    /// (the message after the variant's prefix may differ), `Err` saying how they
+    /// differ otherwise. The differential test and the fuzz target call it.
+    pub fn json_decoders_agree(body: &[u8]) -> Result<bool, String> {
+        match (json_scan::decode(body), json::decode(body)) {
+            (Ok(scan), Ok(serde)) => {
+                let (scan, serde) = (format!("{scan:?}"), format!("{serde:?}"));
+                if scan == serde {
+                    Ok(true)
+                } else {
+                    Err(format!("decoded differently:\n scan:  {scan}\n serde: {serde}"))
+                }
+            }
+            (Err(scan), Err(serde)) => {
+                if std::mem::discriminant(&scan) == std::mem::discriminant(&serde) && scan.status() == serde.status() {
+                    Ok(false)
+                } else {
+                    Err(format!("refused differently: scan {scan:?}, serde {serde:?}"))
+                }
+            }
+            (scan, serde) => Err(format!("one refused: scan {scan:?}, serde {serde:?}")),
         }
     }
 

@@ -1,20 +1,23 @@
-//! Fleet as one service object: what every front door calls, in the order a
-//! proxy sees a request (head, then body), plus the periodic recompute.
+//! Fleet as one service object: the decisions on a request (its head, then its
+//! body), the threshold book every answer reads, and the periodic recompute.
+//! [`crate::exchange`] drives these decisions hook by hook for streaming hosts.
 
-use crate::config::Config;
+use crate::config::{Config, Recompute};
 use crate::error::FleetError;
 use crate::events::EventLog;
-use crate::ingress::{body_format, is_gzip, query_param, unpack_body, Route};
+use crate::ingress::{body_format, grpc_message, is_gzip, query_param, unpack_body, Framing, Route};
 use crate::listing::{self, Page};
 use crate::metrics::{self, CounterSink};
 use crate::otlp::{BodyFormat, ExportRequest};
 use crate::outcome::{Answer, DropReason, Outcome};
-use crate::push::{check_size, extract, names_a_cluster};
+use crate::push::{check_size, extract, names_a_cluster, PushBatch};
 use crate::read_cache::Reads;
 use crate::registry::{Admission, Registry};
 use crate::reply::Reply;
 use crate::store::{SharedStore, StoreError, KEY_PREFIX};
 use crate::threshold::{CohortTally, ThresholdBook};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// The dashboard: one self-contained page that reads the listing API.
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
@@ -27,6 +30,12 @@ pub struct RequestHead<'a> {
     pub path: &'a str,
     pub content_type: Option<&'a str>,
     pub content_encoding: Option<&'a str>,
+    /// `grpc-encoding`: how a gRPC message is compressed.
+    pub grpc_encoding: Option<&'a str>,
+    /// The token of an `Authorization: Bearer` header.
+    pub bearer: Option<&'a str>,
+    /// The client certificate's URI (SPIFFE ID) or DNS name, as the host verified it.
+    pub peer: Option<&'a str>,
     pub content_length: Option<usize>,
 }
 
@@ -45,6 +54,10 @@ impl<'a> RequestHead<'a> {
                 head.content_type = Some(value);
             } else if is("content-encoding") {
                 head.content_encoding = Some(value);
+            } else if is("authorization") {
+                head.bearer = bearer_token(value);
+            } else if is("grpc-encoding") {
+                head.grpc_encoding = Some(value);
             } else if is("content-length") {
                 head.content_length = value.trim().parse().ok();
             }
@@ -53,14 +66,23 @@ impl<'a> RequestHead<'a> {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
 /// What to do after the request head.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeadStep {
-    /// Not a Fleet route: let the request through.
+    /// Not a Fleet route (or not one this listener serves): let the request through.
     Pass,
-    /// Answer now, without reading the body.
+    /// Answer now, without reading the body (the read-only routes).
     Answer(Answer),
-    /// A push whose body must be read, then given to [`Fleet::on_body`].
+    /// A push refused from its head, with its cluster if it named one. Terminate
+    /// mode answers it; observe mode lets it go on and does not score it.
+    Refuse(Answer, Option<String>),
+    /// A push whose body must be read.
     ReadBody(PendingPush),
 }
 
@@ -68,8 +90,37 @@ pub enum HeadStep {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingPush {
     cluster: Option<String>,
+    /// The clusters this push's identity may push; `None`: any (no identities configured).
+    allowed: Option<Vec<String>>,
     format: BodyFormat,
+    framing: Framing,
     gzip: bool,
+}
+
+impl PendingPush {
+    /// Whether this is an OTLP/gRPC call, which only a gRPC-speaking host can answer.
+    pub fn is_grpc(&self) -> bool {
+        self.framing == Framing::Grpc
+    }
+
+    /// The cluster named by the `cluster_id` parameter, if any.
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+}
+
+/// A push decoded and validated, not yet stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredPush {
+    push: PendingPush,
+    batch: PushBatch,
+}
+
+impl ScoredPush {
+    /// The cluster named by the `cluster_id` parameter, if any.
+    pub fn cluster(&self) -> Option<&str> {
+        self.push.cluster()
+    }
 }
 
 /// The Fleet service over a shared store, counting into a counter sink.
@@ -77,14 +128,15 @@ pub struct Fleet<S, C> {
     config: Config,
     store: S,
     counters: C,
-    /// `/metrics`' cohorts and the listings, rendered once per book.
+    books: BookCache,
+    /// `/metrics`' cohorts and the cluster listing, rendered once per book.
     reads: Reads,
 }
 
 impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// A service; call [`Fleet::init`] once before serving.
     pub fn new(config: Config, store: S, counters: C) -> Self {
-        Self { config, store, counters, reads: Reads::default() }
+        Self { config, store, counters, books: BookCache::default(), reads: Reads::default() }
     }
 
     /// The counters this service records into.
@@ -113,21 +165,39 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         Ok(())
     }
 
-    /// Decides from the head alone: pass, answer, or read the body.
-    pub fn on_head(&self, head: &RequestHead, book: &ThresholdBook) -> HeadStep {
-        let step = self.decide(head, book);
-        if let HeadStep::Answer(answer) = &step {
-            answer.outcome.record(&self.counters);
-        }
-        step
+    /// One whole request, for callers that already hold its body (gRPC, tests,
+    /// benchmarks): the same steps and limits as a streamed one. `None` when the
+    /// path is not Fleet's.
+    pub fn handle(&self, head: &RequestHead, body: &[u8], now_ms: u64) -> Option<Answer> {
+        let answer = match self.decide(head, now_ms) {
+            HeadStep::Pass => return None,
+            HeadStep::Answer(answer) | HeadStep::Refuse(answer, _) => answer,
+            HeadStep::ReadBody(push) if body.len() > self.config.max_body_bytes => self.body_too_large(&push),
+            HeadStep::ReadBody(push) => self.on_body(&push, body, now_ms),
+        };
+        self.count(&answer.outcome);
+        Some(answer)
     }
 
-    fn decide(&self, head: &RequestHead, book: &ThresholdBook) -> HeadStep {
-        let Some(route) = Route::of(head.path) else { return HeadStep::Pass };
+    /// Adds what a request did to the counters.
+    pub fn count(&self, outcome: &Outcome) {
+        outcome.record(&self.counters);
+    }
+
+    /// Decides from the head alone: pass, answer, refuse, or read the body.
+    pub fn decide(&self, head: &RequestHead, now_ms: u64) -> HeadStep {
+        let Some(route) = Route::of(head.path).filter(|r| r.served_by(self.config.routes)) else {
+            return HeadStep::Pass;
+        };
         let cluster = query_param(head.path, "cluster_id", self.config.max_id_bytes);
-        let piggyback = cluster.as_ref().ok().and_then(Option::as_deref).and_then(|c| book.threshold(c, ""));
+        let named = cluster.as_ref().ok().and_then(Option::clone);
         let refuse = |error: FleetError| {
-            HeadStep::Answer(refused(BodyFormat::Json, &error, if route == Route::Push { piggyback } else { None }))
+            if route == Route::Push {
+                let answer = self.refused(BodyFormat::Json, &error, self.piggyback(named.as_deref()));
+                HeadStep::Refuse(answer, named.clone())
+            } else {
+                HeadStep::Answer(self.refused(BodyFormat::Json, &error, None))
+            }
         };
         if head.method != route.method() {
             return refuse(FleetError::MethodNotAllowed { method: head.method.to_owned(), allowed: route.method() });
@@ -138,58 +208,178 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         };
         match route {
             Route::Push => {
-                let checked = body_format(head.content_type).and_then(|format| {
-                    let gzip = is_gzip(head.content_encoding)?;
+                let checked = body_format(head.content_type).and_then(|(format, framing)| {
+                    let encoding = match framing {
+                        Framing::Plain => head.content_encoding,
+                        Framing::Grpc => head.grpc_encoding,
+                    };
+                    let gzip = is_gzip(encoding)?;
                     match head.content_length {
                         Some(n) if n > self.config.max_body_bytes => {
                             Err(FleetError::BodyTooLarge { limit: self.config.max_body_bytes })
                         }
-                        _ => Ok((format, gzip)),
+                        _ => {
+                            let allowed = self.allowed_clusters(head, cluster.as_deref())?;
+                            Ok(PendingPush { cluster, allowed, format, framing, gzip })
+                        }
                     }
                 });
                 match checked {
-                    Ok((format, gzip)) => HeadStep::ReadBody(PendingPush { cluster, format, gzip }),
+                    Ok(push) => HeadStep::ReadBody(push),
                     Err(e) => refuse(e),
                 }
             }
-            _ => match self.read(route, head.path, cluster, book) {
+            _ => match self.read(route, head.path, cluster, &self.book_at(now_ms)) {
                 Ok(reply) => HeadStep::Answer(Answer { reply, outcome: Outcome::default() }),
                 Err(e) => refuse(e),
             },
         }
     }
 
+    /// The clusters a push's identity may push, checked against its `cluster_id`.
+    fn allowed_clusters(&self, head: &RequestHead, cluster: Option<&str>) -> Result<Option<Vec<String>>, FleetError> {
+        let identities = &self.config.push_identities;
+        if identities.is_open() {
+            return Ok(None);
+        }
+        let allowed = identities.clusters(head.bearer, head.peer).ok_or(FleetError::NoIdentity)?;
+        if allowed.iter().any(|c| c == "*") {
+            return Ok(None);
+        }
+        match cluster {
+            Some(c) if !allowed.iter().any(|a| a == c) => Err(FleetError::ClusterNotAllowed(c.to_owned())),
+            _ => Ok(Some(allowed.to_vec())),
+        }
+    }
+
     /// The answer when a body grows past `max_body_bytes` while arriving.
-    pub fn body_too_large(&self, push: &PendingPush, book: &ThresholdBook) -> Answer {
-        let error = FleetError::BodyTooLarge { limit: self.config.max_body_bytes };
-        self.counted(refused(push.format, &error, push.piggyback(book)))
+    pub fn body_too_large(&self, push: &PendingPush) -> Answer {
+        self.refuse_push(push, &FleetError::BodyTooLarge { limit: self.config.max_body_bytes })
     }
 
-    /// Stores a push's valid points and answers it.
-    pub fn on_body(&self, push: &PendingPush, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
-        let answer = self
-            .store_push(push, body, now_ms, book)
-            .unwrap_or_else(|e| refused(push.format, &e, push.piggyback(book)));
-        self.counted(answer)
+    /// The answer refusing a push whose head was valid.
+    pub fn refuse_push(&self, push: &PendingPush, error: &FleetError) -> Answer {
+        self.refused(push.format, error, self.piggyback(push.cluster()))
     }
 
-    fn counted(&self, answer: Answer) -> Answer {
-        answer.outcome.record(&self.counters);
-        answer
+    /// Terminate mode: stores a push's valid points and answers it.
+    pub fn on_body(&self, push: &PendingPush, body: &[u8], now_ms: u64) -> Answer {
+        self.score(push, body)
+            .and_then(|scored| self.commit(&scored, now_ms))
+            .unwrap_or_else(|e| self.refuse_push(push, &e))
     }
 
-    /// Once per tick on every worker: the first caller in each push interval
-    /// expires old nodes and publishes a new book, which it returns.
-    pub fn tick(&self, now_ms: u64) -> Result<Option<ThresholdBook>, FleetError> {
+    /// Decodes and validates a push without storing anything.
+    pub fn score(&self, push: &PendingPush, body: &[u8]) -> Result<ScoredPush, FleetError> {
+        if body.is_empty() {
+            return Err(FleetError::EmptyBody);
+        }
+        let (body, gzip) = match push.framing {
+            Framing::Plain => (body, push.gzip),
+            // The prefix says whether this message is compressed, with the call's grpc-encoding.
+            Framing::Grpc => match grpc_message(body)? {
+                (message, true) if push.gzip => (message, true),
+                (_, true) => {
+                    return Err(FleetError::BadGrpcFrame("a compressed message without grpc-encoding: gzip".into()))
+                }
+                (message, false) => (message, false),
+            },
+        };
+        let body = unpack_body(body, gzip, self.config.max_body_bytes)?;
+        let request = ExportRequest::decode(push.format, &body)?;
+        check_size(&request, &self.config)?;
+        if !names_a_cluster(&request, push.cluster()) {
+            return Err(FleetError::MissingClusterId);
+        }
+        let batch = extract(request, push.cluster(), &self.config);
+        if let Some(allowed) = &push.allowed {
+            // Clusters named only in the body (ingero.cluster.id) are bound too.
+            let named =
+                batch.scores.iter().map(|s| &s.cluster).chain(batch.straggler_events.iter().map(|e| &e.cluster));
+            if let Some(other) = named.into_iter().find(|c| !allowed.contains(c)) {
+                return Err(FleetError::ClusterNotAllowed(other.clone()));
+            }
+        }
+        Ok(ScoredPush { push: push.clone(), batch })
+    }
+
+    /// Stores a scored push; the answer piggybacks the first scored cohort's threshold.
+    pub fn commit(&self, scored: &ScoredPush, now_ms: u64) -> Result<Answer, FleetError> {
+        let (push, batch) = (&scored.push, &scored.batch);
+        let registry = self.registry();
+        let caps = self.config.node_caps();
+        let mut over_capacity = Vec::new();
+        for score in &batch.scores {
+            if let Admission::OverCapacity(cap) = registry.record(score, now_ms, caps)? {
+                over_capacity.push(cap);
+            }
+        }
+        let events = EventLog::new(&self.store).record(&batch.straggler_events)?;
+        let straggler_events = batch.straggler_events.len() as u64;
+        let mut outcome = Outcome { accepted_push: true, straggler_events, drops: events.drops() };
+        let mut rejected = batch.rejected + events.shard_full + events.busy;
+        let mut message = batch.rejection.clone().or(events.message);
+        if batch.rejected > 0 {
+            outcome.drops.push((DropReason::InvalidPoint, batch.rejected));
+        }
+        for cap in &over_capacity {
+            outcome.drops.push((cap.drop_reason(), 1));
+            rejected += 1;
+            message.get_or_insert_with(|| cap.message(caps));
+        }
+        let book = self.books.current();
+        let threshold = match batch.scores.first() {
+            Some(first) => book.threshold(&first.cluster, &first.cohort),
+            None => push.cluster().and_then(|c| book.threshold(c, "")),
+        };
+        Ok(Answer {
+            reply: Reply::pushed(push.format, rejected, message.as_deref()).with_piggyback(threshold),
+            outcome,
+        })
+    }
+
+    /// The threshold piggybacked for a cluster's default cohort, once it has quorum.
+    pub fn piggyback(&self, cluster: Option<&str>) -> Option<f64> {
+        cluster.and_then(|c| self.books.current().threshold(c, ""))
+    }
+
+    /// The newest threshold book this service has seen.
+    pub fn book(&self) -> Arc<ThresholdBook> {
+        self.books.current()
+    }
+
+    /// The book for a request at `now_ms`: if the ticks have fallen a whole
+    /// interval behind (a stalled ticker), the request refreshes it first.
+    /// Before the first tick there is nothing to fall behind: the ticker starts it.
+    fn book_at(&self, now_ms: u64) -> Arc<ThresholdBook> {
+        let epoch = now_ms / self.config.push_interval_ms();
+        let seen = self.books.seen_epoch();
+        if seen > 0 && seen.saturating_add(1) < epoch {
+            // A failure keeps the book already held; the next tick reports it.
+            let _ = self.tick(now_ms);
+        }
+        self.books.current()
+    }
+
+    /// Once per tick (every [`Config::tick_period`]) on every worker: the first
+    /// caller in each push interval expires old nodes and publishes a new book,
+    /// which it returns; the others pick the published book up.
+    pub fn tick(&self, now_ms: u64) -> Result<Option<Arc<ThresholdBook>>, FleetError> {
         let epoch = now_ms / self.config.push_interval_ms();
         if !self.claim_epoch(epoch)? {
+            if let Some((book, version)) = self.published_book(self.books.version())? {
+                self.books.offer(Arc::new(book), Some(version));
+            }
+            self.books.saw_epoch(epoch);
             return Ok(None);
         }
         let mut tally = CohortTally::default();
         self.registry().sweep(now_ms, self.config.node_ttl_ms(), |record| tally.add(record))?;
         let previous = self.published_book(None)?.map(|(book, _)| book).unwrap_or_default();
-        let next = previous.next(tally, &self.config, epoch, now_ms);
+        let next = Arc::new(previous.next(tally, &self.config, epoch, now_ms));
         self.store.set(&book_key(), &next.encode()?, None).map_err(store_error)?;
+        self.books.offer(next.clone(), None);
+        self.books.saw_epoch(epoch);
         Ok(Some(next))
     }
 
@@ -243,53 +433,9 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         })
     }
 
-    /// Decodes and stores; the answer piggybacks the first scored cohort's threshold.
-    fn store_push(
-        &self,
-        push: &PendingPush,
-        body: &[u8],
-        now_ms: u64,
-        book: &ThresholdBook,
-    ) -> Result<Answer, FleetError> {
-        if body.is_empty() {
-            return Err(FleetError::EmptyBody);
-        }
-        let body = unpack_body(body, push.gzip, self.config.max_body_bytes)?;
-        let request = ExportRequest::decode(push.format, &body)?;
-        check_size(&request, &self.config)?;
-        if !names_a_cluster(&request, push.cluster.as_deref()) {
-            return Err(FleetError::MissingClusterId);
-        }
-        let batch = extract(request, push.cluster.as_deref(), &self.config);
-        let registry = self.registry();
-        let caps = self.config.node_caps();
-        let mut over_capacity = Vec::new();
-        for score in &batch.scores {
-            if let Admission::OverCapacity(cap) = registry.record(score, now_ms, caps)? {
-                over_capacity.push(cap);
-            }
-        }
-        let events = EventLog::new(&self.store).record(&batch.straggler_events)?;
-        let straggler_events = batch.straggler_events.len() as u64;
-        let mut outcome = Outcome { accepted_push: true, straggler_events, drops: events.drops() };
-        let mut rejected = batch.rejected + events.shard_full + events.busy;
-        let mut message = batch.rejection.clone().or(events.message);
-        if batch.rejected > 0 {
-            outcome.drops.push((DropReason::InvalidPoint, batch.rejected));
-        }
-        for cap in &over_capacity {
-            outcome.drops.push((cap.drop_reason(), 1));
-            rejected += 1;
-            message.get_or_insert_with(|| cap.message(caps));
-        }
-        let threshold = match batch.scores.first() {
-            Some(first) => book.threshold(&first.cluster, &first.cohort),
-            None => push.piggyback(book),
-        };
-        Ok(Answer {
-            reply: Reply::pushed(push.format, rejected, message.as_deref()).with_piggyback(threshold),
-            outcome,
-        })
+    /// A refusal in the request's encoding, counted under its reason.
+    fn refused(&self, format: BodyFormat, error: &FleetError, piggyback: Option<f64>) -> Answer {
+        Answer { reply: Reply::error(format, error).with_piggyback(piggyback), outcome: Outcome::refused(error) }
     }
 
     /// Takes the recompute of `epoch` if no worker has; true when this caller won.
@@ -298,7 +444,12 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
             Some((bytes, version)) => (bytes.try_into().map(u64::from_le_bytes).unwrap_or(0), Some(version)),
             None => (0, None),
         };
-        if claimed >= epoch {
+        let mine = match self.config.recompute {
+            Recompute::Any | Recompute::Singleton => claimed < epoch,
+            // The singleton claims every interval; step in only if it missed one.
+            Recompute::Deferred => claimed.saturating_add(1) < epoch,
+        };
+        if !mine {
             return Ok(false);
         }
         match self.store.set(&epoch_key(), &epoch.to_le_bytes(), version) {
@@ -309,17 +460,37 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     }
 }
 
-impl PendingPush {
-    fn piggyback(&self, book: &ThresholdBook) -> Option<f64> {
-        self.cluster.as_deref().and_then(|c| book.threshold(c, ""))
-    }
+/// The newest book a front door has seen; it never goes back to an older one.
+#[derive(Default)]
+struct BookCache {
+    current: RwLock<(Arc<ThresholdBook>, Option<u32>)>,
+    seen_epoch: AtomicU64,
 }
 
-fn refused(format: BodyFormat, error: &FleetError, piggyback: Option<f64>) -> Answer {
-    let reason = DropReason::of(error);
-    Answer {
-        reply: Reply::error(format, error).with_piggyback(piggyback),
-        outcome: Outcome { drops: vec![(reason, 1)], ..Outcome::default() },
+impl BookCache {
+    fn current(&self) -> Arc<ThresholdBook> {
+        // A poisoned lock still holds a whole value: writers only swap it.
+        self.current.read().unwrap_or_else(PoisonError::into_inner).0.clone()
+    }
+
+    fn version(&self) -> Option<u32> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).1
+    }
+
+    /// Takes `book` unless the one held is newer (a slow reader's stale copy).
+    fn offer(&self, book: Arc<ThresholdBook>, version: Option<u32>) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if book.epoch >= current.0.epoch {
+            *current = (book, version);
+        }
+    }
+
+    fn seen_epoch(&self) -> u64 {
+        self.seen_epoch.load(Ordering::Acquire)
+    }
+
+    fn saw_epoch(&self, epoch: u64) {
+        self.seen_epoch.fetch_max(epoch, Ordering::AcqRel);
     }
 }
 

@@ -5,7 +5,6 @@
 //! never deleted; writing a missing key always succeeds (so first writes are
 //! not CAS-protected, and [`crate::registry::Registry::init`] creates keys up front).
 
-use crate::error::FleetError;
 use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -37,17 +36,6 @@ pub enum StoreError {
     /// A stored value could not be written or read in its format.
     #[error("shared data value {key} cannot be {action}: {reason}")]
     Format { key: String, action: &'static str, reason: String },
-}
-
-impl From<StoreError> for FleetError {
-    /// Contention is load (503 with Retry-After, the client retries); anything
-    /// else is the host's or the stored data's failure (503 as well, logged).
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::CasMismatch | StoreError::Contended => FleetError::Busy,
-            other => FleetError::SharedData(other.to_string()),
-        }
-    }
 }
 
 /// What a compare-and-swap update decided after reading the current value.
@@ -236,7 +224,6 @@ mod update_tests {
             Ok(Update::Write(b"mine".to_vec(), ()))
         });
         assert_eq!((out, calls), (Err(StoreError::Contended), MAX_CAS_ATTEMPTS));
-        assert_eq!(FleetError::from(StoreError::Contended), FleetError::Busy);
         let kept: Result<&str, StoreError> = update(&s, "k", |_| Ok(Update::Keep("kept")));
         assert_eq!(kept, Ok("kept"));
     }

@@ -7,8 +7,7 @@ mod flow {
     use ingero_fleet_core::metrics::Counter;
     use ingero_fleet_core::node::NodeRecord;
     use ingero_fleet_core::DropReason;
-    use ingero_fleet_core::ThresholdBook;
-    use ingero_fleet_core::{Answer, Config, CounterSink, Fleet, HeadStep, MemoryCounters, MemoryStore, RequestHead};
+    use ingero_fleet_core::{Answer, Config, CounterSink, Fleet, MemoryCounters, MemoryStore, RequestHead};
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -28,15 +27,10 @@ mod flow {
             method: "POST",
             path: &path,
             content_type: Some("application/json"),
-            content_encoding: None,
             content_length: Some(body.len()),
+            ..RequestHead::default()
         };
-        let book = ThresholdBook::default();
-        match fleet.on_head(&head, &book) {
-            HeadStep::ReadBody(push) => Some(fleet.on_body(&push, body, 1_000, &book)),
-            HeadStep::Answer(answer) => Some(answer),
-            HeadStep::Pass => None,
-        }
+        fleet.handle(&head, body, 1_000)
     }
 
     /// A score value as an agent or an attacker might spell it, and whether it is valid.

@@ -6,9 +6,7 @@
 #[cfg(test)] // clippy allows unwrap and panic in tests (clippy.toml), also in their helpers
 mod reads {
     use ingero_fleet_core::store::SEED_BYTES;
-    use ingero_fleet_core::{
-        Config, Fleet, HeadStep, MemoryCounters, MemoryStore, RequestHead, SharedStore, StoreError, ThresholdBook,
-    };
+    use ingero_fleet_core::{Config, Fleet, MemoryCounters, MemoryStore, RequestHead, SharedStore, StoreError};
     use serde_json::json;
     use std::cell::Cell;
     use std::rc::Rc;
@@ -35,15 +33,11 @@ mod reads {
         }
     }
 
-    fn get(fleet: &Fleet<Counting, MemoryCounters>, path: &str, book: &ThresholdBook) -> Vec<u8> {
+    fn get(fleet: &Fleet<Counting, MemoryCounters>, path: &str, now_ms: u64) -> Vec<u8> {
         let head = RequestHead { method: "GET", path, ..RequestHead::default() };
-        match fleet.on_head(&head, book) {
-            HeadStep::Answer(answer) => {
-                assert_eq!(answer.reply.status, 200, "{}", String::from_utf8_lossy(&answer.reply.body));
-                answer.reply.body
-            }
-            other => panic!("{other:?}"),
-        }
+        let answer = fleet.handle(&head, &[], now_ms).unwrap();
+        assert_eq!(answer.reply.status, 200, "{}", String::from_utf8_lossy(&answer.reply.body));
+        answer.reply.body
     }
 
     fn push(fleet: &Fleet<Counting, MemoryCounters>, nodes: std::ops::Range<u32>, now_ms: u64) {
@@ -64,9 +58,7 @@ mod reads {
             content_length: Some(body.len()),
             ..RequestHead::default()
         };
-        let book = ThresholdBook::default();
-        let HeadStep::ReadBody(pending) = fleet.on_head(&head, &book) else { panic!("not a push") };
-        assert_eq!(fleet.on_body(&pending, body.as_bytes(), now_ms, &book).reply.status, 200);
+        assert_eq!(fleet.handle(&head, body.as_bytes(), now_ms).unwrap().reply.status, 200);
     }
 
     #[test]
@@ -79,33 +71,35 @@ mod reads {
         let fleet = Fleet::new(config, store, MemoryCounters::default());
         fleet.init().unwrap();
         push(&fleet, 0..30, 0);
-        let book = fleet.tick(interval).unwrap().unwrap();
+        fleet.tick(interval).unwrap().unwrap();
+        let now = interval + 1;
         let shards = u64::from(fleet.registry().shard_count());
 
         let before = store_reads();
-        let first = get(&fleet, "/api/v1/clusters", &book);
-        let metrics = get(&fleet, "/metrics", &book);
+        let first = get(&fleet, "/api/v1/clusters", now);
+        let metrics = get(&fleet, "/metrics", now);
         assert_eq!(store_reads() - before, 1, "one event shard read for the one cluster listed");
         for _ in 0..50 {
-            assert_eq!(get(&fleet, "/api/v1/clusters", &book), first);
-            assert_eq!(get(&fleet, "/metrics", &book), metrics);
+            assert_eq!(get(&fleet, "/api/v1/clusters", now), first);
+            assert_eq!(get(&fleet, "/metrics", now), metrics);
         }
         assert_eq!(store_reads() - before, 1, "every later poll of this book came from memory");
         let nodes_scan = store_reads();
-        get(&fleet, "/api/v1/nodes?cluster_id=c1&limit=5", &book);
+        get(&fleet, "/api/v1/nodes?cluster_id=c1&limit=5", now);
         assert_eq!(store_reads() - nodes_scan, shards, "a node listing reads every shard: it shows the latest push");
 
         // The counters stay live between books; the cohorts and listings move with the next book.
         push(&fleet, 30..40, interval + 1);
-        let again = String::from_utf8(get(&fleet, "/metrics", &book)).unwrap();
+        let again = String::from_utf8(get(&fleet, "/metrics", now)).unwrap();
         assert!(again.contains("ingero_fleet_total_pushes 2") && again.contains("ingero_fleet_tracked_nodes 40"));
         assert!(String::from_utf8(metrics)
             .unwrap()
             .contains("ingero_fleet_active_nodes{cluster_id=\"c1\",cgroup_path_hash=\"\"} 30"));
-        let next = fleet.tick(2 * interval).unwrap().unwrap();
+        fleet.tick(2 * interval).unwrap().unwrap();
+        let next = 2 * interval + 1;
         let listed: serde_json::Value =
-            serde_json::from_slice(&get(&fleet, "/api/v1/nodes?cluster_id=c1&limit=5", &next)).unwrap();
+            serde_json::from_slice(&get(&fleet, "/api/v1/nodes?cluster_id=c1&limit=5", next)).unwrap();
         assert_eq!(listed["total"], 40);
-        assert!(String::from_utf8(get(&fleet, "/metrics", &next)).unwrap().contains("cgroup_path_hash=\"\"} 40"));
+        assert!(String::from_utf8(get(&fleet, "/metrics", next)).unwrap().contains("cgroup_path_hash=\"\"} 40"));
     }
 }

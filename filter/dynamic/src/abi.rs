@@ -3,9 +3,10 @@
 //! filter uses, declared by hand from Envoy's `abi.h`. Every `unsafe` block of
 //! the crate is here. Each hook catches panics so none unwinds into Envoy.
 
-use crate::filter::{BodyStatus, HeadersStatus, Host, Stream};
-use crate::front::Front;
-use ingero_fleet_core::reply::Reply;
+use crate::filter::{Envoy, Stream};
+use crate::front::{now_ms, Front};
+use ingero_fleet_core::Answer;
+use ingero_fleet_core::{Flow, Host};
 use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -56,6 +57,7 @@ struct ModuleHeader {
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
+const RESPONSE_HEADER: u32 = 2;
 /// `envoy_dynamic_module_type_http_body_type_ReceivedRequestBody`.
 const RECEIVED_REQUEST_BODY: u32 = 0;
 /// `envoy_dynamic_module_type_http_body_type_BufferedRequestBody`.
@@ -83,6 +85,12 @@ extern "C" {
         filter: FilterEnvoyPtr,
         header_type: u32,
         result_headers: *mut EnvoyHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_get_body_size(filter: FilterEnvoyPtr, body_type: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_body_chunks_size(filter: FilterEnvoyPtr, body_type: u32) -> usize;
@@ -168,17 +176,17 @@ fn envoy_bytes<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
     unsafe { std::slice::from_raw_parts(ptr, length) }
 }
 
-impl Host for EnvoyStream {
-    fn request_headers(&self) -> Vec<(&[u8], &[u8])> {
+impl EnvoyStream {
+    fn headers(&self, header_type: u32) -> Vec<(&[u8], &[u8])> {
         // SAFETY: as in `body_size`.
-        let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.filter, REQUEST_HEADER) };
+        let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.filter, header_type) };
         let empty =
             EnvoyHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
         let mut headers = vec![empty; count];
         // SAFETY: `headers` has room for the `count` entries Envoy was just asked about.
         if count == 0
             || !unsafe {
-                envoy_dynamic_module_callback_http_get_headers(self.filter, REQUEST_HEADER, headers.as_mut_ptr())
+                envoy_dynamic_module_callback_http_get_headers(self.filter, header_type, headers.as_mut_ptr())
             }
         {
             return Vec::new();
@@ -188,8 +196,26 @@ impl Host for EnvoyStream {
             .map(|h| (envoy_bytes(h.key_ptr, h.key_length), envoy_bytes(h.value_ptr, h.value_length)))
             .collect()
     }
+}
 
-    fn request_body_size(&self) -> usize {
+impl Envoy for EnvoyStream {
+    fn request_headers(&self) -> Vec<(&[u8], &[u8])> {
+        self.headers(REQUEST_HEADER)
+    }
+
+    fn response_status(&self) -> Option<u16> {
+        let headers = self.headers(RESPONSE_HEADER);
+        let status = headers.iter().find(|(name, _)| *name == b":status")?.1;
+        std::str::from_utf8(status).ok()?.parse().ok()
+    }
+
+    fn warn(&self, message: &str) {
+        log(LOG_WARN, message);
+    }
+}
+
+impl Host for EnvoyStream {
+    fn body_len(&self) -> usize {
         let buffered = self.body_size(BUFFERED_REQUEST_BODY);
         if self.received_is_buffered() {
             buffered
@@ -198,18 +224,19 @@ impl Host for EnvoyStream {
         }
     }
 
-    fn request_body(&self) -> Vec<u8> {
+    fn body(&self) -> Result<Vec<u8>, String> {
         // At the end of the stream Envoy moves the last chunk into the buffer, so
         // buffered + received is the whole body with nothing counted twice.
-        let mut body = Vec::with_capacity(self.request_body_size());
+        let mut body = Vec::with_capacity(self.body_len());
         self.append_body(BUFFERED_REQUEST_BODY, &mut body);
         if !self.received_is_buffered() {
             self.append_body(RECEIVED_REQUEST_BODY, &mut body);
         }
-        body
+        Ok(body)
     }
 
-    fn send_reply(&self, reply: &Reply) {
+    fn send_reply(&mut self, answer: &Answer) {
+        let reply = &answer.reply;
         let headers: Vec<ModuleHeader> = reply
             .headers
             .iter()
@@ -234,8 +261,23 @@ impl Host for EnvoyStream {
         }
     }
 
-    fn warn(&self, message: &str) {
-        log(LOG_WARN, message);
+    fn add_response_header(&mut self, name: &'static str, value: &str) {
+        // SAFETY: as in `body_size`; both buffers point at live strings Envoy copies.
+        let added = unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.filter,
+                RESPONSE_HEADER,
+                module_buffer(name.as_bytes()),
+                module_buffer(value.as_bytes()),
+            )
+        };
+        if !added {
+            log(LOG_WARN, &format!("ingero-fleet: cannot add response header {name}"));
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
     }
 }
 
@@ -325,10 +367,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     end_of_stream: bool,
 ) -> u32 {
     guarded("request headers", CONTINUE, || match stream(filter) {
-        Some(s) => match s.on_request_headers(&EnvoyStream { filter: envoy }, end_of_stream) {
-            HeadersStatus::Continue => CONTINUE,
-            HeadersStatus::Stop => STOP_ITERATION,
-        },
+        Some(s) => headers_status(s.on_request_headers(&mut EnvoyStream { filter: envoy }, end_of_stream)),
         None => CONTINUE,
     })
 }
@@ -340,10 +379,10 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> u32 {
     guarded("request body", CONTINUE, || match stream(filter) {
-        Some(s) => match s.on_request_body(&EnvoyStream { filter: envoy }, end_of_stream) {
-            BodyStatus::Continue => CONTINUE,
-            BodyStatus::Buffer => STOP_ITERATION_AND_BUFFER,
-            BodyStatus::Stop => STOP_ITERATION_NO_BUFFER,
+        Some(s) => match s.on_request_body(&mut EnvoyStream { filter: envoy }, end_of_stream) {
+            Flow::Continue => CONTINUE,
+            Flow::Hold | Flow::HoldBody => STOP_ITERATION_AND_BUFFER,
+            Flow::Stop => STOP_ITERATION_NO_BUFFER,
         },
         None => CONTINUE,
     })
@@ -352,21 +391,33 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(envoy: FilterEnvoyPtr, filter: *mut c_void) -> u32 {
     guarded("request trailers", CONTINUE, || match stream(filter) {
-        Some(s) => match s.on_request_trailers(&EnvoyStream { filter: envoy }) {
-            HeadersStatus::Continue => CONTINUE,
-            HeadersStatus::Stop => STOP_ITERATION,
-        },
+        Some(s) => headers_status(s.on_request_trailers(&mut EnvoyStream { filter: envoy })),
         None => CONTINUE,
     })
 }
 
-// Fleet answers requests; it never looks at responses, starts callouts or
-// schedules events. Envoy still requires every hook, so these do nothing.
+/// A held request and a local reply both stop at the headers; a held body lets them go.
+fn headers_status(flow: Flow) -> u32 {
+    match flow {
+        Flow::Continue | Flow::HoldBody => CONTINUE,
+        Flow::Hold | Flow::Stop => STOP_ITERATION,
+    }
+}
 
 #[no_mangle]
-extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(_: FilterEnvoyPtr, _: *mut c_void, _: bool) -> u32 {
-    CONTINUE
+extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    envoy: FilterEnvoyPtr,
+    filter: *mut c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    guarded("response headers", CONTINUE, || match stream(filter) {
+        Some(s) => headers_status(s.on_response_headers(&mut EnvoyStream { filter: envoy })),
+        None => CONTINUE,
+    })
 }
+
+// Beyond that, Fleet never looks at responses, starts callouts or schedules
+// events. Envoy still requires every hook, so these do nothing.
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_response_body(_: FilterEnvoyPtr, _: *mut c_void, _: bool) -> u32 {

@@ -3,7 +3,7 @@
 //! lives here; every rule is in `ingero-fleet-core`.
 //!
 //! - `abi`: the C ABI (hooks and callbacks), the crate's only `unsafe` code.
-//! - [`filter`]: one stream's steps over a small [`filter::Host`] trait.
+//! - [`filter`]: one stream's hooks handed to the core's exchange over a small [`filter::Envoy`] trait.
 //! - [`front`]: the process-wide Fleet every Envoy worker shares.
 
 // The hooks call Envoy, which a test binary cannot link against.

@@ -1,73 +1,123 @@
-//! One HTTP stream: hand the head and the body to the core, send its answer.
+//! One HTTP stream: proxy-wasm's hooks handed to the core's [`Exchange`].
 
 use crate::root::{now_ms, Worker};
-use ingero_fleet_core::{Answer, HeadStep, PendingPush, RequestHead};
+use ingero_fleet_core::{Answer, Exchange, Flow, Host, RequestHead};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 pub struct FleetHttp {
     worker: Rc<Worker>,
-    pending: Option<PendingPush>,
+    id: u32,
+    /// Shared with the worker while a push waits for its body (see `Worker::hold`).
+    exchange: Rc<RefCell<Exchange>>,
+    /// The body size Envoy last reported: trailers end the body without one.
+    body_len: usize,
 }
 
 impl FleetHttp {
-    pub fn new(worker: Rc<Worker>) -> Self {
-        Self { worker, pending: None }
+    pub fn new(worker: Rc<Worker>, id: u32) -> Self {
+        Self { worker, id, exchange: Rc::default(), body_len: 0 }
+    }
+}
+
+/// The host during one hook: the body Envoy holds is `body_len` bytes.
+pub struct Envoy {
+    pub body_len: usize,
+}
+
+impl Host for Envoy {
+    fn body_len(&self) -> usize {
+        self.body_len
     }
 
-    fn answer(&self, answer: Answer) -> Action {
-        let reply = answer.reply;
+    fn body(&self) -> Result<Vec<u8>, String> {
+        match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, self.body_len) {
+            Ok(body) => Ok(body.unwrap_or_default()), // no buffer: no bytes
+            Err(status) => Err(format!("{status:?}")),
+        }
+    }
+
+    fn send_reply(&mut self, answer: &Answer) {
+        let reply = &answer.reply;
         let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, Some(&reply.body)) {
             log::warn!("ingero-fleet: cannot send the response: {status:?}");
         }
-        Action::Pause
     }
 
-    fn finish_push(&self, push: &PendingPush, body: &[u8]) -> Action {
-        let answer = self.worker.fleet.on_body(push, body, now_ms(), &self.worker.book());
-        self.answer(answer)
+    fn add_response_header(&mut self, name: &'static str, value: &str) {
+        if let Err(status) = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value) {
+            log::warn!("ingero-fleet: cannot add {name}: {status:?}");
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
     }
 }
 
-impl Context for FleetHttp {}
+/// The URI (SPIFFE ID) or else DNS name of the client certificate Envoy verified.
+fn peer_certificate_name() -> Option<String> {
+    ["uri_san_peer_certificate", "dns_san_peer_certificate"].into_iter().find_map(|name| {
+        let bytes = hostcalls::get_property(vec!["connection", name]).ok().flatten()?;
+        String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+    })
+}
+
+/// A local reply and a held request both pause the stream; a held body lets the headers go.
+fn action(flow: Flow) -> Action {
+    match flow {
+        Flow::Continue | Flow::HoldBody => Action::Continue,
+        Flow::Hold | Flow::Stop => Action::Pause,
+    }
+}
+
+impl Context for FleetHttp {
+    fn on_done(&mut self) -> bool {
+        self.worker.release(self.id);
+        true
+    }
+}
 
 impl HttpContext for FleetHttp {
     fn on_http_request_headers(&mut self, _count: usize, end_of_stream: bool) -> Action {
         // One host call for all headers: each call costs more than the scan.
         let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-        let head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        let step = self.worker.fleet.on_head(&head, &self.worker.book());
-        match step {
-            HeadStep::Pass => Action::Continue,
-            HeadStep::Answer(answer) => self.answer(answer),
-            HeadStep::ReadBody(push) if end_of_stream => self.finish_push(&push, &[]),
-            HeadStep::ReadBody(push) => {
-                self.pending = Some(push);
-                // Without pausing, the headers go on; the body is still held back in
-                // on_http_request_body, so whatever is next never sees a whole push.
-                if self.worker.fleet.config().pause_on_headers {
-                    Action::Pause
-                } else {
-                    Action::Continue
-                }
-            }
+        let mut head = RequestHead::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let fleet = &self.worker.fleet;
+        let peer = if fleet.config().push_identities.is_open() { None } else { peer_certificate_name() };
+        head.peer = peer.as_deref();
+        let flow =
+            self.exchange.borrow_mut().on_request_headers(fleet, &mut Envoy { body_len: 0 }, &head, end_of_stream);
+        if flow == Flow::Hold {
+            self.worker.hold(self.id, Rc::downgrade(&self.exchange));
+        }
+        action(flow)
+    }
+
+    fn on_http_request_body(&mut self, body_len: usize, end_of_stream: bool) -> Action {
+        self.worker.release(self.id);
+        self.body_len = body_len;
+        match self.exchange.borrow_mut().on_request_body(&self.worker.fleet, &mut Envoy { body_len }, end_of_stream) {
+            Flow::Continue => Action::Continue,
+            Flow::Hold | Flow::HoldBody | Flow::Stop => Action::Pause,
         }
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(push) = self.pending.take() else { return Action::Continue };
-        if body_size > self.worker.fleet.config().max_body_bytes {
-            let answer = self.worker.fleet.body_too_large(&push, &self.worker.book());
-            return self.answer(answer);
-        }
-        if !end_of_stream {
-            self.pending = Some(push);
-            return Action::Pause;
-        }
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
-        self.finish_push(&push, &body)
+    fn on_http_request_trailers(&mut self, _count: usize) -> Action {
+        self.worker.release(self.id);
+        action(
+            self.exchange.borrow_mut().on_request_trailers(&self.worker.fleet, &mut Envoy { body_len: self.body_len }),
+        )
+    }
+
+    /// Observe mode: the upstream answered; the exchange stores the push on a 2xx.
+    fn on_http_response_headers(&mut self, _count: usize, _end_of_stream: bool) -> Action {
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten();
+        let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
+        action(self.exchange.borrow_mut().on_response_headers(&self.worker.fleet, &mut Envoy { body_len: 0 }, status))
     }
 }

@@ -9,7 +9,8 @@ mod shared_data;
 use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Envoy filters by its own level; debug lines are off the request path (ticks).
+    proxy_wasm::set_log_level(LogLevel::Debug);
     // A panic poisons this worker's VM: say so loudly before it aborts.
     std::panic::set_hook(Box::new(|info| {
         let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("ingero-fleet panic: {info}"));

@@ -1,41 +1,52 @@
-//! The root context: configuration, the periodic recompute, the worker's book.
+//! The root context: configuration and the periodic tick of one worker's VM.
 
-use crate::http::FleetHttp;
+use crate::http::{Envoy, FleetHttp};
 use crate::metrics::HostCounters;
 use crate::shared_data::HostSharedData;
-use ingero_fleet_core::{Config, Fleet, ThresholdBook};
+use ingero_fleet_core::exchange::BODY_WAIT_MS;
+use ingero_fleet_core::{Config, Exchange, Fleet, FleetError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
-use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::rc::{Rc, Weak};
+use std::time::UNIX_EPOCH;
 
-/// What one worker's contexts share: the service, its counters and the
-/// last threshold book this worker has seen.
+/// What one worker's contexts share: the service over Envoy's shared data,
+/// and the pushes held at their headers that still wait for a body.
 pub struct Worker {
     pub fleet: Fleet<HostSharedData, HostCounters>,
-    book: RefCell<(ThresholdBook, Option<u32>)>,
+    held: RefCell<Vec<Held>>,
 }
 
+/// A push held at its headers: its context id, since when, and its exchange.
+type Held = (u32, u64, Weak<RefCell<Exchange>>);
+
 impl Worker {
-    /// The newest book this worker has read.
-    pub fn book(&self) -> std::cell::Ref<'_, ThresholdBook> {
-        std::cell::Ref::map(self.book.borrow(), |(book, _)| book)
+    /// Notes a push held at its headers, until its body arrives.
+    pub fn hold(&self, id: u32, exchange: Weak<RefCell<Exchange>>) {
+        self.held.borrow_mut().push((id, now_ms(), exchange));
     }
 
-    fn on_tick(&self) {
-        let now = now_ms();
-        match self.fleet.tick(now) {
-            Ok(Some(book)) => *self.book.borrow_mut() = (book, None),
-            Ok(None) => {
-                let known = self.book.borrow().1;
-                match self.fleet.published_book(known) {
-                    Ok(Some((book, version))) => *self.book.borrow_mut() = (book, Some(version)),
-                    Ok(None) => {}
-                    Err(e) => log::warn!("ingero-fleet: cannot read the threshold book: {e}"),
-                }
+    /// The push's body (or its end) arrived.
+    pub fn release(&self, id: u32) {
+        self.held.borrow_mut().retain(|(held, _, _)| *held != id);
+    }
+
+    /// An Envoy that ignores the header pause never passes the body on: answer
+    /// such pushes with the setting to fix rather than let them hang.
+    fn answer_bodiless(&self, now: u64) {
+        let stale: Vec<_> = {
+            let mut held = self.held.borrow_mut();
+            let (stale, waiting) = held.drain(..).partition(|(_, since, _)| now.saturating_sub(*since) >= BODY_WAIT_MS);
+            *held = waiting;
+            stale
+        };
+        for (id, _, exchange) in stale {
+            let Some(exchange) = exchange.upgrade() else { continue };
+            if proxy_wasm::hostcalls::set_effective_context(id).is_ok() {
+                log::error!("ingero-fleet: {}", FleetError::HeaderPauseIgnored);
+                exchange.borrow_mut().on_body_never_came(&self.fleet, &mut Envoy { body_len: 0 });
             }
-            Err(e) => log::warn!("ingero-fleet: recompute failed: {e}"),
         }
     }
 }
@@ -49,8 +60,13 @@ pub struct FleetRoot {
 impl Context for FleetRoot {}
 
 impl RootContext for FleetRoot {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        log::info!("ingero-fleet {} (proxy-wasm filter) starting", env!("CARGO_PKG_VERSION"));
+        true
+    }
+
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let bytes = self.get_plugin_configuration().unwrap_or_default(); // none: the defaults
         let parsed = match Config::from_json(&bytes) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -62,26 +78,31 @@ impl RootContext for FleetRoot {
         for warning in &parsed.warnings {
             log::warn!("ingero-fleet: {warning}");
         }
-        let tick = (parsed.config.push_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let tick = parsed.config.tick_period();
         let fleet = Fleet::new(parsed.config, HostSharedData, HostCounters::define());
         if let Err(e) = fleet.init() {
             log::error!("ingero-fleet: cannot create shared data keys: {e}");
             return false;
         }
-        self.worker = Some(Rc::new(Worker { fleet, book: RefCell::new((ThresholdBook::default(), None)) }));
+        self.worker = Some(Rc::new(Worker { fleet, held: RefCell::default() }));
         self.set_tick_period(tick);
         true
     }
 
     fn on_tick(&mut self) {
         if let Some(worker) = &self.worker {
-            worker.on_tick();
+            match worker.fleet.tick(now_ms()) {
+                Ok(Some(book)) => log::debug!("ingero-fleet: recomputed interval {}", book.epoch),
+                Ok(None) => {}
+                Err(e) => log::warn!("ingero-fleet: recompute failed: {e}"),
+            }
+            worker.answer_bodiless(now_ms());
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.clone()?;
-        Some(Box::new(FleetHttp::new(worker)))
+        Some(Box::new(FleetHttp::new(worker, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -7,26 +7,41 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::fmt;
 
+/// The reference decoder (serde); `json_scan.rs` must agree with it on every input.
 pub(super) fn decode(body: &[u8]) -> Result<ExportRequest<'_>, FleetError> {
-    // serde would also accept a struct spelled as a JSON list; OTLP bodies are objects.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(FleetError::BadJson("the body must be a JSON object".into()));
-    }
+    check_object(body)?;
     if nesting_depth(body) > MAX_DEPTH {
-        return Err(FleetError::BadJson(format!("nesting deeper than {MAX_DEPTH} levels")));
+        return Err(too_deep());
     }
-    // One bulk UTF-8 check is far cheaper than serde_json's check of every string.
-    let text = std::str::from_utf8(body).map_err(|e| FleetError::BadJson(format!("body is not UTF-8: {e}")))?;
+    let text = check_utf8(body)?;
     let raw: RawRequest = serde_json::from_str(text).map_err(|e| FleetError::BadJson(e.to_string()))?;
     Ok(ExportRequest { resource_metrics: raw.resource_metrics })
 }
 
+/// serde would also accept a struct spelled as a JSON list; OTLP bodies are objects.
+pub(super) fn check_object(body: &[u8]) -> Result<(), FleetError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(FleetError::BadJson("the body must be a JSON object".into())),
+    }
+}
+
+/// One bulk UTF-8 check is far cheaper than a check of every string.
+pub(super) fn check_utf8(body: &[u8]) -> Result<&str, FleetError> {
+    std::str::from_utf8(body).map_err(|e| FleetError::BadJson(format!("body is not UTF-8: {e}")))
+}
+
+/// The refusal of a body nested deeper than [`MAX_DEPTH`].
+pub(super) fn too_deep() -> FleetError {
+    FleetError::BadJson(format!("nesting deeper than {MAX_DEPTH} levels"))
+}
+
 /// OTLP metrics nest about ten levels; anything far deeper is an attack, refused
 /// before parsing (serde skips unknown fields without a depth limit).
-const MAX_DEPTH: usize = 64;
+pub(super) const MAX_DEPTH: usize = 64;
 
 /// The deepest `{`/`[` nesting outside strings.
-fn nesting_depth(body: &[u8]) -> usize {
+pub(super) fn nesting_depth(body: &[u8]) -> usize {
     let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for &b in body {
         if in_string {
@@ -161,9 +176,18 @@ impl<'a> From<RawResourceMetrics<'a>> for ResourceMetrics<'a> {
 
 impl<'a> From<RawMetric<'a>> for Metric<'a> {
     fn from(raw: RawMetric<'a>) -> Self {
-        let points = raw.gauge.or(raw.sum).map(|p| p.data_points).unwrap_or_default();
-        Self { name: raw.name, points }
+        metric(raw.name, raw.gauge.map(|p| p.data_points), raw.sum.map(|p| p.data_points))
     }
+}
+
+/// A metric from its JSON fields as read: a gauge's points win over a sum's;
+/// shared with the scanner (`json_scan.rs`).
+pub(super) fn metric<'a>(
+    name: Cow<'a, str>,
+    gauge: Option<Vec<NumberPoint<'a>>>,
+    sum: Option<Vec<NumberPoint<'a>>>,
+) -> Metric<'a> {
+    Metric { name, points: gauge.or(sum).unwrap_or_default() }
 }
 
 impl<'a> From<RawKeyValue<'a>> for KeyValue<'a> {
@@ -174,42 +198,72 @@ impl<'a> From<RawKeyValue<'a>> for KeyValue<'a> {
 
 impl<'a> From<RawPoint<'a>> for NumberPoint<'a> {
     fn from(raw: RawPoint<'a>) -> Self {
-        let value = match (raw.as_double, raw.as_int) {
-            (Some(v), _) => v.into_double(),
-            (None, Some(v)) => v.into_int(),
-            (None, None) => PointValue::Missing,
-        };
-        let time_unix_nano = match raw.time_unix_nano {
-            Some(Lenient::Int(t)) => u64::try_from(t).unwrap_or(0),
-            Some(Lenient::Text(t)) => t.trim().parse().unwrap_or(0),
-            _ => 0,
-        };
-        Self { attributes: raw.attributes, time_unix_nano, value }
+        number_point(raw.attributes, raw.time_unix_nano, raw.as_double, raw.as_int)
     }
+}
+
+/// A data point from its JSON fields as read; shared with the scanner (`json_scan.rs`).
+pub(super) fn number_point<'a>(
+    attributes: Vec<KeyValue<'a>>,
+    time_unix_nano: Option<Lenient<'a>>,
+    as_double: Option<Lenient<'a>>,
+    as_int: Option<Lenient<'a>>,
+) -> NumberPoint<'a> {
+    let value = match (as_double, as_int) {
+        (Some(v), _) => v.into_double(),
+        (None, Some(v)) => v.into_int(),
+        (None, None) => PointValue::Missing,
+    };
+    let time_unix_nano = match time_unix_nano {
+        Some(Lenient::Int(t)) => u64::try_from(t).unwrap_or(0),
+        Some(Lenient::Text(t)) => parse_u64(&t).unwrap_or(0),
+        _ => 0,
+    };
+    NumberPoint { attributes, time_unix_nano, value }
+}
+
+/// `text.trim().parse::<u64>()`, with a fast path for the usual plain digits.
+fn parse_u64(text: &str) -> Option<u64> {
+    if (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+        // At most 19 digits: no overflow.
+        return Some(text.bytes().fold(0, |n, b| n * 10 + u64::from(b - b'0')));
+    }
+    text.trim().parse().ok()
 }
 
 impl<'a> From<RawAnyValue<'a>> for AnyValue<'a> {
     fn from(raw: RawAnyValue<'a>) -> Self {
-        if let Some(Lenient::Text(s)) = raw.string_value {
-            return AnyValue::String(s);
-        }
-        if let Some(PointValue::Int(i)) = raw.int_value.map(Lenient::into_int) {
-            return AnyValue::Int(i);
-        }
-        if let Some(PointValue::Double(d)) = raw.double_value.map(Lenient::into_double) {
-            return AnyValue::Double(d);
-        }
-        match raw.bool_value {
-            Some(Lenient::Bool(b)) => AnyValue::Bool(b),
-            _ => AnyValue::Other,
-        }
+        any_value(raw.string_value, raw.int_value, raw.double_value, raw.bool_value)
+    }
+}
+
+/// An attribute value from its JSON fields as read (the first usable one wins);
+/// shared with the scanner (`json_scan.rs`).
+pub(super) fn any_value<'a>(
+    string_value: Option<Lenient<'a>>,
+    int_value: Option<Lenient<'a>>,
+    double_value: Option<Lenient<'a>>,
+    bool_value: Option<Lenient<'a>>,
+) -> AnyValue<'a> {
+    if let Some(Lenient::Text(s)) = string_value {
+        return AnyValue::String(s);
+    }
+    if let Some(PointValue::Int(i)) = int_value.map(Lenient::into_int) {
+        return AnyValue::Int(i);
+    }
+    if let Some(PointValue::Double(d)) = double_value.map(Lenient::into_double) {
+        return AnyValue::Double(d);
+    }
+    match bool_value {
+        Some(Lenient::Bool(b)) => AnyValue::Bool(b),
+        _ => AnyValue::Other,
     }
 }
 
 // === impl Lenient ===
 
 /// Any JSON value, kept as far as Fleet cares; structure errors inside it are impossible.
-enum Lenient<'a> {
+pub(super) enum Lenient<'a> {
     Int(i64),
     Float(f64),
     Text(Cow<'a, str>),

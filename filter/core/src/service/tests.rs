@@ -1,6 +1,7 @@
 //! The whole request flow of the core against an in-memory store.
 
 use super::*;
+use crate::config::Recompute;
 use crate::metrics::{Counter, MemoryCounters};
 use crate::otlp::tests::agent_json;
 use crate::reply::{COLD_START_BODY, QUORUM_HEADER, THRESHOLD_HEADER};
@@ -17,16 +18,12 @@ fn fleet() -> TestFleet {
 }
 
 fn head<'a>(method: &'a str, path: &'a str, content_type: Option<&'a str>) -> RequestHead<'a> {
-    RequestHead { method, path, content_type, content_encoding: None, content_length: None }
+    RequestHead { method, path, content_type, ..RequestHead::default() }
 }
 
-/// Sends a request through both stages, as a front door would.
-fn send(fleet: &TestFleet, head: RequestHead, body: &[u8], now_ms: u64, book: &ThresholdBook) -> Answer {
-    match fleet.on_head(&head, book) {
-        HeadStep::Pass => Answer { reply: Reply::threshold(None), outcome: Outcome::default() },
-        HeadStep::Answer(answer) => answer,
-        HeadStep::ReadBody(push) => fleet.on_body(&push, body, now_ms, book),
-    }
+/// Sends a whole request, as a front door holding the body would.
+fn send(fleet: &TestFleet, head: RequestHead, body: &[u8], now_ms: u64, _book: &ThresholdBook) -> Answer {
+    fleet.handle(&head, body, now_ms).unwrap_or_else(|| unreachable!("not a Fleet route: {}", head.path))
 }
 
 fn push(fleet: &TestFleet, cluster: &str, node: &str, score: f64, now_ms: u64) -> Answer {
@@ -36,6 +33,7 @@ fn push(fleet: &TestFleet, cluster: &str, node: &str, score: f64, now_ms: u64) -
 }
 
 fn query(fleet: &TestFleet, cluster: &str, book: &ThresholdBook) -> String {
+    assert_eq!(*fleet.book(), *book, "the service answers from the newest book");
     let path = format!("/api/v1/threshold?cluster_id={cluster}");
     let answer = send(fleet, head("GET", &path, None), &[], 0, book);
     String::from_utf8_lossy(&answer.reply.body).into_owned()
@@ -60,7 +58,7 @@ fn cold_start_then_quorum() {
     assert!(answer["threshold"].as_f64().is_some_and(|t| (t - expected).abs() < 1e-12), "{answer}");
     assert_eq!(answer["quorum_met"], true);
     assert_eq!(query(&fleet, "other", &book), COLD_START_BODY);
-    assert_eq!(fleet.published_book(None).ok().flatten().map(|(b, _)| b), Some(book));
+    assert_eq!(fleet.published_book(None).ok().flatten().map(|(b, _)| b), Some((*book).clone()));
 }
 
 #[test]
@@ -148,7 +146,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 #[test]
 fn other_paths_pass_through() {
     let fleet = fleet();
-    assert_eq!(fleet.on_head(&head("GET", "/healthz", None), &ThresholdBook::default()), HeadStep::Pass);
+    assert_eq!(fleet.decide(&head("GET", "/healthz", None), 0), HeadStep::Pass);
 }
 
 #[test]
@@ -311,4 +309,54 @@ fn request_heads_come_from_header_lists() {
         (Some("application/json"), Some("gzip"), Some(42))
     );
     assert_eq!(RequestHead::from_headers([]).content_type, None);
+}
+
+#[test]
+fn identities_bind_pushes_to_their_clusters() {
+    let config = Config::from_json(
+        br#"{"push_identities": {"token:s3cret": ["c2"], "spiffe://gpu/agent": ["*"], "token:other": ["c1"]}}"#,
+    )
+    .map(|p| p.config)
+    .unwrap_or_else(|e| unreachable!("{e}"));
+    let fleet = Fleet::new(config, MemoryStore::default(), MemoryCounters::default());
+    assert_eq!(fleet.init(), Ok(()));
+    let body = agent_json("n1", "0.9"); // names cluster c1 in its resource
+    let status = |path: &str, bearer: Option<&str>, peer: Option<&str>| {
+        let head = RequestHead { bearer, peer, ..head("POST", path, Some("application/json")) };
+        fleet
+            .handle(&head, body.as_bytes(), 1_000)
+            .map(|a| (a.reply.status, String::from_utf8_lossy(&a.reply.body).into_owned()))
+    };
+    let (code, message) = status("/v1/metrics?cluster_id=c2", None, None).unwrap_or_default();
+    assert_eq!(code, 403);
+    assert!(message.contains("no identity allowed to push"), "{message}");
+    assert_eq!(status("/v1/metrics?cluster_id=c2", Some("s3cret"), None).map(|s| s.0), Some(200));
+    assert_eq!(status("/v1/metrics?cluster_id=c2", Some("s3creT"), None).map(|s| s.0), Some(403));
+    let (code, message) = status("/v1/metrics?cluster_id=c1", Some("s3cret"), None).unwrap_or_default();
+    assert!(code == 403 && message.contains("may not push cluster") && message.contains("c1"), "{message}");
+    // Without cluster_id the cluster named in the body is bound just the same.
+    assert_eq!(status("/v1/metrics", Some("s3cret"), None).map(|s| s.0), Some(403));
+    assert_eq!(status("/v1/metrics", Some("other"), None).map(|s| s.0), Some(200));
+    assert_eq!(status("/v1/metrics?cluster_id=any", None, Some("spiffe://gpu/agent")).map(|s| s.0), Some(200));
+    assert_eq!(fleet.counters().value(Counter::Dropped(DropReason::Forbidden)), 4);
+    assert_eq!(RequestHead::from_headers([("authorization", "Bearer abc")]).bearer, Some("abc"));
+    assert!(Config::from_json(br#"{"push_identities": {"token:x": []}}"#).is_err(), "an empty cluster list");
+}
+
+#[test]
+fn a_deferred_instance_leaves_the_recompute_to_the_singleton_unless_it_is_late() {
+    let store = std::sync::Arc::new(MemoryStore::default());
+    let make = |recompute| {
+        let config = Config { recompute, ..Config::default() };
+        Fleet::new(config, store.clone(), MemoryCounters::default())
+    };
+    let (singleton, worker) = (make(Recompute::Singleton), make(Recompute::Deferred));
+    assert_eq!(singleton.init(), Ok(()));
+    let recomputed = |fleet: &Fleet<_, _>, now| fleet.tick(now).map(|book| book.is_some());
+    assert_eq!(recomputed(&worker, PUSH_INTERVAL_MS), Ok(false), "the singleton's interval");
+    assert_eq!(recomputed(&singleton, PUSH_INTERVAL_MS), Ok(true));
+    assert_eq!(recomputed(&worker, 2 * PUSH_INTERVAL_MS), Ok(false), "the singleton is one interval behind");
+    assert_eq!(recomputed(&worker, 3 * PUSH_INTERVAL_MS), Ok(true), "two behind: the worker steps in");
+    assert_eq!(recomputed(&singleton, 3 * PUSH_INTERVAL_MS), Ok(false), "once per interval, whoever runs it");
+    assert_eq!(worker.book().epoch, 3, "the worker holds the book it published");
 }
