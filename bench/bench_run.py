@@ -305,8 +305,9 @@ def observe_pair(p: dict, concurrency: int) -> dict:
     observe side's thresholds must equal the loadgen's computation, and a push must come back with the
     upstream's answer and the threshold header added."""
     interval = 1.0 if p is SMOKE else 5.0
-    # Room for the fleet and the one probe node of forwarded_with_header.
-    config = plugin_config(f"{interval:.0f}s", max(p["nodes"], 1000) + 1)
+    # Room for the fleet and the one probe node of forwarded_with_header; nodes do not expire while the
+    # verification pass (100 000 pushes at proxy speed, tens of seconds) is still pushing the rest.
+    config = plugin_config(f"{interval:.0f}s", max(p["nodes"], 1000) + 1, ttl_multiplier=1000)
     out: dict = {"titles": {key: title for key, title, _ in PIPELINES}, "rounds": []}
     with anchor({}, concurrency) as upstream:
         for last in [False] * (p["observe_rounds"] - 1) + [True]:

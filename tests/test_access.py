@@ -17,8 +17,9 @@ import ssl
 import subprocess
 
 import pytest
+import yaml
 
-from fleet import ROOT, Envoy, agent_push, free_port, render_envoy, scrape, wait_for
+from fleet import ROOT, WASM, Envoy, agent_push, free_port, render_envoy, scrape, wait_for
 from frontdoors import FRONT_DOORS
 
 OPERATOR, STRANGER, AGENT = "127.0.0.1", "127.0.0.2", "127.0.0.3"
@@ -123,12 +124,33 @@ def test_rbac_every_path_on_every_port(ports, source, port):
     assert seen == expected
 
 
-@pytest.mark.parametrize("door", ["filter", "dynamic", "upstream", "sidecar"])
+@pytest.mark.parametrize("door", sorted(FRONT_DOORS))
 def test_each_port_serves_its_role_only(door):
     with FRONT_DOORS[door]({"push_interval": "1s"}) as d:
         by_port = {"otlp_http": d.push, "api": d.api, "metrics": d.metrics}
         seen = {(port, name): try_path(by_port, OPERATOR, port, name) for port in by_port for name in PATHS}
     expected = {(port, name): 200 if PATHS[name][0] == port else 404 for port in by_port for name in PATHS}
+    assert seen == expected
+
+
+@pytest.mark.parametrize("template", ["envoy.yaml", "envoy-dynamic.yaml"])
+def test_each_listener_filter_answers_only_its_routes(template):
+    """The shipped files' per-listener `routes`, with the route table opened up (one catch-all 404 route
+    that leaves the filter on): the filter itself answers only its port's role."""
+    config = yaml.safe_load((ROOT / "envoy" / template).read_text())
+    ports = {name: free_port() for name in ("otlp_http", "api", "metrics")}
+    config["admin"]["address"]["socket_address"]["port_value"] = free_port()
+    for listener in config["static_resources"]["listeners"]:
+        listener["address"]["socket_address"].update(address="127.0.0.1", port_value=ports[listener["name"]])
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["route_config"] = {"virtual_hosts": [{"name": "open", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "not found\n"}}}]}]}
+        for hf in hcm["http_filters"]:
+            if hf["name"] == "envoy.filters.http.wasm":
+                hf["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    with Envoy(config, concurrency=1):
+        seen = {(port, name): try_path(ports, OPERATOR, port, name) for port in ports for name in PATHS}
+    expected = {(port, name): 200 if PATHS[name][0] == port else 404 for port in ports for name in PATHS}
     assert seen == expected
 
 

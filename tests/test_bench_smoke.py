@@ -1,14 +1,13 @@
 """The benchmark harness, CI-sized, so it cannot rot: `scripts/bench --smoke`
 drives every front door that is built with a small fleet at a low open-loop
 rate, threshold queries mixed in, then checks each Fleet's thresholds against
-the load generator's own computation. Asserts completion and correctness,
-never a speed."""
+the load generator's own computation; the same for the observe-mode pair
+(Envoy proxying to an upstream without and with the filter). Asserts
+completion and correctness, never a speed."""
 
 import json
 import subprocess
 import sys
-
-import pytest
 
 from fleet import ROOT
 
@@ -62,13 +61,6 @@ sys.exit(bench_run.main())
     assert "FileNotFoundError" in results["failed"]["server load"]
 
 
-# Until observe mode is in both the core's configuration and the wasm glue (as tests/test_observe.py).
-OBSERVE_BUILT = '"observe"' in (ROOT / "filter/core/src/config.rs").read_text() and any(
-    "observe" in f.read_text().lower() for f in (ROOT / "filter/wasm/src").rglob("*.rs"))
-
-
-@pytest.mark.skipif(not OBSERVE_BUILT,
-                    reason='observe mode ("mode": "observe") is not in filter/core and filter/wasm yet')
 def test_observe_pair_forwards_every_push_and_scores_it(tmp_path):
     """The observe-mode row: Envoy proxying to an upstream without and with the filter in observe mode.
     Both sides answer every push; every push each front Envoy received reached the upstream (none answered

@@ -8,6 +8,7 @@ use crate::state::State;
 use axum::http;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use ingero_fleet_core::config::RouteSet;
 use ingero_fleet_core::ingress::{grpc_frame, PUSH_PATH};
 use ingero_fleet_core::otlp::RpcStatus;
 use ingero_fleet_core::reply::{Reply, QUORUM_HEADER, THRESHOLD_HEADER};
@@ -20,6 +21,9 @@ use std::sync::Arc;
 use tonic::body::Body;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
+
+/// The gRPC port serves pushes only.
+const PUSHES_ONLY: RouteSet = RouteSet { push: true, api: false, metrics: false };
 
 /// The one method Fleet serves.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -63,7 +67,7 @@ async fn export(state: &State, request: http::Request<Body>) -> http::Response<B
         bearer: header("authorization").and_then(bearer_token),
         ..RequestHead::default()
     };
-    match receive(state.fleet(), &head, body, true).await {
+    match receive(state.fleet(), &head, body, PUSHES_ONLY).await {
         Ok(Some(reply)) => respond(reply),
         Ok(None) => Status::internal("the push route is not a Fleet route").into_http(),
         Err(e) => Status::cancelled(format!("request body not received: {e}")).into_http(),

@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use ingero_fleet_core::config::RouteSet;
 use ingero_fleet_core::reply::Reply;
 use ingero_fleet_core::service::bearer_token;
 use ingero_fleet_core::{Answer, Exchange, Flow, Host, RequestHead};
@@ -21,12 +22,20 @@ pub const HEALTHZ: &str = "/healthz";
 /// Readiness probe path: listening and not draining.
 pub const READYZ: &str = "/readyz";
 
-/// The router every HTTP port serves.
-pub fn router(state: Arc<State>) -> Router {
-    Router::new().route(HEALTHZ, get(|| async { "ok\n" })).route(READYZ, get(readyz)).fallback(fleet).with_state(state)
+/// An HTTP port: the Fleet it serves and the routes its role allows.
+#[derive(Clone)]
+struct Port {
+    state: Arc<State>,
+    serves: RouteSet,
 }
 
-async fn readyz(Shared(state): Shared<Arc<State>>) -> Response {
+/// The router of an HTTP port serving the `serves` routes (and the probes).
+pub fn router(state: Arc<State>, serves: RouteSet) -> Router {
+    let port = Port { state, serves };
+    Router::new().route(HEALTHZ, get(|| async { "ok\n" })).route(READYZ, get(readyz)).fallback(fleet).with_state(port)
+}
+
+async fn readyz(Shared(Port { state, .. }): Shared<Port>) -> Response {
     if state.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -35,7 +44,7 @@ async fn readyz(Shared(state): Shared<Arc<State>>) -> Response {
 }
 
 /// The core's routes over HTTP.
-async fn fleet(Shared(state): Shared<Arc<State>>, request: Request) -> Response {
+async fn fleet(Shared(Port { state, serves }): Shared<Port>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let header = |name| parts.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     let head = RequestHead {
@@ -47,7 +56,7 @@ async fn fleet(Shared(state): Shared<Arc<State>>, request: Request) -> Response 
         bearer: header(AUTHORIZATION).and_then(bearer_token),
         ..RequestHead::default()
     };
-    match receive(state.fleet(), &head, body, false).await {
+    match receive(state.fleet(), &head, body, serves).await {
         Ok(Some(reply)) => send(reply),
         Ok(None) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
         Err(e) => {
@@ -64,13 +73,13 @@ pub async fn receive<B>(
     fleet: &ServerFleet,
     head: &RequestHead<'_>,
     mut body: B,
-    answers_grpc: bool,
+    serves: RouteSet,
 ) -> Result<Option<Reply>, B::Error>
 where
     B: HttpBody<Data = Bytes> + Unpin,
 {
     let mut exchange = Exchange::default();
-    let mut received = Received { head, body: Vec::new(), reply: None, answers_grpc };
+    let mut received = Received { head, body: Vec::new(), reply: None, serves };
     let mut flow = exchange.on_request_headers(fleet, &mut received, head, false);
     while matches!(flow, Flow::Hold | Flow::HoldBody) {
         flow = match body.frame().await.transpose()? {
@@ -91,7 +100,7 @@ struct Received<'h> {
     head: &'h RequestHead<'h>,
     body: Vec<u8>,
     reply: Option<Reply>,
-    answers_grpc: bool,
+    serves: RouteSet,
 }
 
 impl Host for Received<'_> {
@@ -114,8 +123,13 @@ impl Host for Received<'_> {
         now_ms()
     }
 
+    // The server turns a reply into a gRPC answer where the head is a gRPC call.
     fn answers_grpc(&self) -> bool {
-        self.answers_grpc
+        true
+    }
+
+    fn serves(&self) -> RouteSet {
+        self.serves
     }
 }
 

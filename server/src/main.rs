@@ -18,7 +18,7 @@ mod state;
 mod tls;
 
 use error::ServerError;
-use ingero_fleet_core::config::Listen;
+use ingero_fleet_core::config::{Listen, RouteSet};
 use logging::{Format, Logging};
 use serve::Port;
 use shutdown::Received;
@@ -146,12 +146,13 @@ async fn serve(state: Arc<State>, mut reloader: reload::Reloader) -> Result<(), 
     let tls = reloader.tls.clone();
     let tls_api = reloader.server.tls.as_ref().is_some_and(|t| t.api);
     let limits = reloader.server.limits;
-    let router = || serve::http_handler(http::router(state.clone()));
+    // Each port serves its role only: pushes, the API and dashboard, or the scrape.
+    let router = |push, api, metrics| serve::http_handler(http::router(state.clone(), RouteSet { push, api, metrics }));
     let ports = [
-        ("listen.otlp_http", otlp_http, router(), tls.clone(), false),
+        ("listen.otlp_http", otlp_http, router(true, false, false), tls.clone(), false),
         ("listen.otlp_grpc", otlp_grpc, serve::grpc_handler(grpc::service(state.clone())), tls.clone(), true),
-        ("listen.api", api, router(), tls.clone().filter(|_| tls_api), false),
-        ("listen.metrics", metrics, serve::with_server_metrics(router()), None, false),
+        ("listen.api", api, router(false, true, false), tls.clone().filter(|_| tls_api), false),
+        ("listen.metrics", metrics, serve::with_server_metrics(router(false, false, true)), None, false),
     ];
     let mut bound = Vec::new();
     for (key, addr, handler, tls, grpc) in ports {

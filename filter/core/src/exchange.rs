@@ -4,7 +4,7 @@
 //! through its small [`Host`]; callers that hold a whole body use
 //! [`Fleet::handle`](crate::service::Fleet::handle).
 
-use crate::config::Mode;
+use crate::config::{Mode, RouteSet};
 use crate::error::FleetError;
 use crate::metrics::CounterSink;
 use crate::outcome::{Answer, DropReason, Outcome};
@@ -28,6 +28,11 @@ pub trait Host {
     /// Whether this host turns a reply into a gRPC answer (a proxy's local reply cannot).
     fn answers_grpc(&self) -> bool {
         false
+    }
+    /// The routes the listener this request came in on serves (a proxy sets them
+    /// per listener in the configuration's `routes` instead).
+    fn serves(&self) -> RouteSet {
+        RouteSet::ALL
     }
 }
 
@@ -81,7 +86,7 @@ impl Exchange {
         end_of_stream: bool,
     ) -> Flow {
         let observe = fleet.config().mode == Mode::Observe;
-        match fleet.decide(head, host.now_ms()) {
+        match fleet.decide_for(head, host.serves(), host.now_ms()) {
             HeadStep::Pass => Flow::Continue,
             HeadStep::Answer(answer) => self.reply(fleet, host, answer),
             HeadStep::Refuse(answer, cluster) if observe => {

@@ -2,7 +2,7 @@
 //! body), the threshold book every answer reads, and the periodic recompute.
 //! [`crate::exchange`] drives these decisions hook by hook for streaming hosts.
 
-use crate::config::{Config, Recompute};
+use crate::config::{Config, Recompute, RouteSet};
 use crate::error::FleetError;
 use crate::events::EventLog;
 use crate::ingress::{body_format, grpc_message, is_gzip, query_param, unpack_body, Framing, Route};
@@ -186,7 +186,13 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
 
     /// Decides from the head alone: pass, answer, refuse, or read the body.
     pub fn decide(&self, head: &RequestHead, now_ms: u64) -> HeadStep {
-        let Some(route) = Route::of(head.path).filter(|r| r.served_by(self.config.routes)) else {
+        self.decide_for(head, RouteSet::ALL, now_ms)
+    }
+
+    /// [`Fleet::decide`] on a listener that serves only `listener` routes.
+    pub fn decide_for(&self, head: &RequestHead, listener: RouteSet, now_ms: u64) -> HeadStep {
+        let served = |r: &Route| r.served_by(self.config.routes) && r.served_by(listener);
+        let Some(route) = Route::of(head.path).filter(served) else {
             return HeadStep::Pass;
         };
         let cluster = query_param(head.path, "cluster_id", self.config.max_id_bytes);
