@@ -20,7 +20,7 @@ import time
 import pytest
 
 from dynamic import dynamic_envoy
-from fleet import agent_push, expected_threshold, request, scrape, wait_for
+from fleet import ROOT, agent_push, expected_threshold, request, scrape, wait_for
 from test_conformance import CONFIG, published, push_all, wait_threshold
 
 
@@ -112,3 +112,11 @@ def test_an_invalid_configuration_is_refused_naming_the_key():
         with envoy:
             pass
     assert "threshold.k" in str(refused.value)
+
+
+def test_the_module_logs_its_version_once_at_start():
+    version = re.search(r'^version = "(.+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    envoy, _ = dynamic_envoy({}, log_level="info")
+    with envoy:
+        lines = [line for line in envoy.log().splitlines() if "(Envoy dynamic module) loaded" in line]
+        assert len(lines) == 1 and f"ingero-fleet {version} " in lines[0], lines

@@ -114,3 +114,12 @@ def test_a_singleton_service_recomputes_on_envoys_main_thread():
         assert main, "Envoy's main thread in its log"
         threads = re.findall(r"\]\[(\d+)\]\[debug\]\[wasm\].*ingero-fleet: recomputed interval", log)
         assert threads and set(threads) == {main.group(1)}, (main.group(1), threads)
+
+
+def test_the_filter_logs_its_version_at_start():
+    version = re.search(r'^version = "(.+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    envoy, _ = fleet_envoy(CONFIG, concurrency=1)
+    envoy.log_level = "info"
+    with envoy:
+        wait_for(lambda: f"ingero-fleet {version} (proxy-wasm filter) starting" in envoy.log(),
+                 what="the version line in Envoy's log")

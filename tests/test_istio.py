@@ -27,11 +27,14 @@ def one(name: str, kind: str) -> dict:
 
 
 def reference_filter() -> dict:
-    """The Fleet http filter of envoy/envoy.yaml (the same object on every listener)."""
+    """The Fleet http filter of envoy/envoy.yaml: the same on every listener but for
+    the plugin configuration (each listener's `routes`)."""
     config = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
-    filters = [hf for listener in config["static_resources"]["listeners"]
+    filters = [copy.deepcopy(hf) for listener in config["static_resources"]["listeners"]
                for chain in listener["filter_chains"] for f in chain["filters"]
                for hf in f["typed_config"]["http_filters"] if hf["name"] == "envoy.filters.http.wasm"]
+    for f in filters:
+        f["typed_config"]["config"]["configuration"]["value"] = ""
     assert len(filters) == 3 and all(f == filters[0] for f in filters)
     return filters[0]
 

@@ -7,8 +7,9 @@
 use crate::config::{Mode, RouteSet};
 use crate::error::FleetError;
 use crate::metrics::CounterSink;
+use crate::otlp::BodyFormat;
 use crate::outcome::{Answer, DropReason, Outcome};
-use crate::reply::{QUORUM_HEADER, THRESHOLD_HEADER};
+use crate::reply::{Reply, QUORUM_HEADER, THRESHOLD_HEADER};
 use crate::service::{Fleet, HeadStep, PendingPush, RequestHead, ScoredPush};
 use crate::store::SharedStore;
 
@@ -40,6 +41,42 @@ pub trait Host {
 /// the proxy is taken to ignore the header pause (an Envoy without
 /// `allow_on_headers_stop_iteration`): well inside the agent's 5 s timeout.
 pub const BODY_WAIT_MS: u64 = 1_000;
+
+/// Pushes a proxy holds at their headers, by stream id, until their body
+/// arrives: a proxy that ignores the header pause never passes it on, and the
+/// front door answers the overdue ones ([`answer_body_never_came`]).
+#[derive(Debug, Default)]
+pub struct HeldPushes {
+    held: Vec<(u32, u64)>,
+}
+
+impl HeldPushes {
+    /// Notes stream `id`, held at its headers since `now_ms`.
+    pub fn hold(&mut self, id: u32, now_ms: u64) {
+        self.held.push((id, now_ms));
+    }
+
+    /// Stream `id` got its body (or ended).
+    pub fn release(&mut self, id: u32) {
+        self.held.retain(|(held, _)| *held != id);
+    }
+
+    /// The streams held for [`BODY_WAIT_MS`] or longer, no longer tracked.
+    pub fn overdue(&mut self, now_ms: u64) -> Vec<u32> {
+        let (overdue, waiting) =
+            self.held.drain(..).partition(|(_, since)| now_ms.saturating_sub(*since) >= BODY_WAIT_MS);
+        self.held = waiting;
+        overdue.into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+/// Answers (and counts) a push whose body never came after its headers were held.
+pub fn answer_body_never_came<S: SharedStore, C: CounterSink>(fleet: &Fleet<S, C>, host: &mut impl Host) {
+    let error = FleetError::HeaderPauseIgnored;
+    let answer = Answer { reply: Reply::error(BodyFormat::Json, &error), outcome: Outcome::refused(&error) };
+    fleet.count(&answer.outcome);
+    host.send_reply(&answer);
+}
 
 /// What the front door does when a hook returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,25 +191,6 @@ impl Exchange {
                     self.end_copy(fleet);
                 }
                 Flow::Continue
-            }
-            other => {
-                self.state = other;
-                Flow::Continue
-            }
-        }
-    }
-
-    /// The proxy held the push at its headers and its body never came: answers the
-    /// push (the front door calls this [`BODY_WAIT_MS`] after holding it).
-    pub fn on_body_never_came<S: SharedStore, C: CounterSink>(
-        &mut self,
-        fleet: &Fleet<S, C>,
-        host: &mut impl Host,
-    ) -> Flow {
-        match std::mem::take(&mut self.state) {
-            State::Holding(push) => {
-                let answer = fleet.refuse_push(&push, &FleetError::HeaderPauseIgnored);
-                self.reply(fleet, host, answer)
             }
             other => {
                 self.state = other;
@@ -298,7 +316,6 @@ mod tests {
     use crate::config::Config;
     use crate::metrics::{Counter, MemoryCounters};
     use crate::otlp::tests::agent_json;
-    use crate::reply::Reply;
     use crate::store::MemoryStore;
 
     type TestFleet = Fleet<MemoryStore, MemoryCounters>;
@@ -446,6 +463,22 @@ mod tests {
         let scrape = RequestHead { method: "GET", path: "/metrics", ..RequestHead::default() };
         assert_eq!(Exchange::default().on_request_headers(&fleet, &mut host, &scrape, true), Flow::Continue);
         assert!(host.replies.is_empty());
+    }
+
+    #[test]
+    fn held_pushes_are_overdue_after_the_wait_unless_their_body_came() {
+        let mut held = HeldPushes::default();
+        held.hold(1, 1_000);
+        held.hold(2, 1_000);
+        held.hold(3, 1_500);
+        held.release(2);
+        assert_eq!(held.overdue(1_000 + BODY_WAIT_MS - 1), Vec::<u32>::new());
+        assert_eq!(held.overdue(1_000 + BODY_WAIT_MS), [1]);
+        assert_eq!(held.overdue(10_000), [3], "each overdue stream is answered once");
+        let (fleet, mut host) = (fleet("{}"), FakeHost::default());
+        answer_body_never_came(&fleet, &mut host);
+        assert_eq!(host.replies.iter().map(|r| r.status).collect::<Vec<_>>(), [500]);
+        assert_eq!(dropped(&fleet, DropReason::HostConfig), 1);
     }
 
     #[test]

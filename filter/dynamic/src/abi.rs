@@ -63,6 +63,7 @@ const RECEIVED_REQUEST_BODY: u32 = 0;
 /// `envoy_dynamic_module_type_http_body_type_BufferedRequestBody`.
 const BUFFERED_REQUEST_BODY: u32 = 1;
 /// `envoy_dynamic_module_type_log_level_Warn`, `_Error` and `_Critical`.
+const LOG_INFO: u32 = 2;
 const LOG_WARN: u32 = 3;
 const LOG_ERROR: u32 = 4;
 const LOG_CRITICAL: u32 = 5;
@@ -297,6 +298,7 @@ fn stream<'a>(ptr: *mut c_void) -> Option<&'a mut Stream> {
 extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     // Whatever panics later, say so in Envoy's log before the hook answers.
     std::panic::set_hook(Box::new(|info| log(LOG_CRITICAL, &format!("ingero-fleet panic: {info}"))));
+    log(LOG_INFO, concat!("ingero-fleet ", env!("CARGO_PKG_VERSION"), " (Envoy dynamic module) loaded"));
     ABI_VERSION.as_ptr().cast()
 }
 

@@ -5,21 +5,19 @@ use ingero_fleet_core::{Answer, Exchange, Flow, Host, RequestHead};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
-use std::cell::RefCell;
 use std::rc::Rc;
 
 pub struct FleetHttp {
     worker: Rc<Worker>,
     id: u32,
-    /// Shared with the worker while a push waits for its body (see `Worker::hold`).
-    exchange: Rc<RefCell<Exchange>>,
+    exchange: Exchange,
     /// The body size Envoy last reported: trailers end the body without one.
     body_len: usize,
 }
 
 impl FleetHttp {
     pub fn new(worker: Rc<Worker>, id: u32) -> Self {
-        Self { worker, id, exchange: Rc::default(), body_len: 0 }
+        Self { worker, id, exchange: Exchange::default(), body_len: 0 }
     }
 }
 
@@ -77,7 +75,7 @@ fn action(flow: Flow) -> Action {
 
 impl Context for FleetHttp {
     fn on_done(&mut self) -> bool {
-        self.worker.release(self.id);
+        self.worker.held.borrow_mut().release(self.id);
         true
     }
 }
@@ -90,34 +88,31 @@ impl HttpContext for FleetHttp {
         let fleet = &self.worker.fleet;
         let peer = if fleet.config().push_identities.is_open() { None } else { peer_certificate_name() };
         head.peer = peer.as_deref();
-        let flow =
-            self.exchange.borrow_mut().on_request_headers(fleet, &mut Envoy { body_len: 0 }, &head, end_of_stream);
+        let flow = self.exchange.on_request_headers(fleet, &mut Envoy { body_len: 0 }, &head, end_of_stream);
         if flow == Flow::Hold {
-            self.worker.hold(self.id, Rc::downgrade(&self.exchange));
+            self.worker.held.borrow_mut().hold(self.id, now_ms());
         }
         action(flow)
     }
 
     fn on_http_request_body(&mut self, body_len: usize, end_of_stream: bool) -> Action {
-        self.worker.release(self.id);
+        self.worker.held.borrow_mut().release(self.id);
         self.body_len = body_len;
-        match self.exchange.borrow_mut().on_request_body(&self.worker.fleet, &mut Envoy { body_len }, end_of_stream) {
+        match self.exchange.on_request_body(&self.worker.fleet, &mut Envoy { body_len }, end_of_stream) {
             Flow::Continue => Action::Continue,
             Flow::Hold | Flow::HoldBody | Flow::Stop => Action::Pause,
         }
     }
 
     fn on_http_request_trailers(&mut self, _count: usize) -> Action {
-        self.worker.release(self.id);
-        action(
-            self.exchange.borrow_mut().on_request_trailers(&self.worker.fleet, &mut Envoy { body_len: self.body_len }),
-        )
+        self.worker.held.borrow_mut().release(self.id);
+        action(self.exchange.on_request_trailers(&self.worker.fleet, &mut Envoy { body_len: self.body_len }))
     }
 
     /// Observe mode: the upstream answered; the exchange stores the push on a 2xx.
     fn on_http_response_headers(&mut self, _count: usize, _end_of_stream: bool) -> Action {
         let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten();
         let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
-        action(self.exchange.borrow_mut().on_response_headers(&self.worker.fleet, &mut Envoy { body_len: 0 }, status))
+        action(self.exchange.on_response_headers(&self.worker.fleet, &mut Envoy { body_len: 0 }, status))
     }
 }

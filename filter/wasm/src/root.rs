@@ -3,52 +3,19 @@
 use crate::http::{Envoy, FleetHttp};
 use crate::metrics::HostCounters;
 use crate::shared_data::HostSharedData;
-use ingero_fleet_core::exchange::BODY_WAIT_MS;
-use ingero_fleet_core::{Config, Exchange, Fleet, FleetError};
+use ingero_fleet_core::exchange::{answer_body_never_came, HeldPushes};
+use ingero_fleet_core::{Config, Fleet, FleetError};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 /// What one worker's contexts share: the service over Envoy's shared data,
 /// and the pushes held at their headers that still wait for a body.
 pub struct Worker {
     pub fleet: Fleet<HostSharedData, HostCounters>,
-    held: RefCell<Vec<Held>>,
-}
-
-/// A push held at its headers: its context id, since when, and its exchange.
-type Held = (u32, u64, Weak<RefCell<Exchange>>);
-
-impl Worker {
-    /// Notes a push held at its headers, until its body arrives.
-    pub fn hold(&self, id: u32, exchange: Weak<RefCell<Exchange>>) {
-        self.held.borrow_mut().push((id, now_ms(), exchange));
-    }
-
-    /// The push's body (or its end) arrived.
-    pub fn release(&self, id: u32) {
-        self.held.borrow_mut().retain(|(held, _, _)| *held != id);
-    }
-
-    /// An Envoy that ignores the header pause never passes the body on: answer
-    /// such pushes with the setting to fix rather than let them hang.
-    fn answer_bodiless(&self, now: u64) {
-        let stale: Vec<_> = {
-            let mut held = self.held.borrow_mut();
-            let (stale, waiting) = held.drain(..).partition(|(_, since, _)| now.saturating_sub(*since) >= BODY_WAIT_MS);
-            *held = waiting;
-            stale
-        };
-        for (id, _, exchange) in stale {
-            let Some(exchange) = exchange.upgrade() else { continue };
-            if proxy_wasm::hostcalls::set_effective_context(id).is_ok() {
-                log::error!("ingero-fleet: {}", FleetError::HeaderPauseIgnored);
-                exchange.borrow_mut().on_body_never_came(&self.fleet, &mut Envoy { body_len: 0 });
-            }
-        }
-    }
+    pub held: RefCell<HeldPushes>,
 }
 
 /// The plugin's root context, one per worker VM.
@@ -96,7 +63,13 @@ impl RootContext for FleetRoot {
                 Ok(None) => {}
                 Err(e) => log::warn!("ingero-fleet: recompute failed: {e}"),
             }
-            worker.answer_bodiless(now_ms());
+            // An Envoy that ignores the header pause never passes the body on.
+            for id in worker.held.borrow_mut().overdue(now_ms()) {
+                if proxy_wasm::hostcalls::set_effective_context(id).is_ok() {
+                    log::error!("ingero-fleet: {}", FleetError::HeaderPauseIgnored);
+                    answer_body_never_came(&worker.fleet, &mut Envoy { body_len: 0 });
+                }
+            }
         }
     }
 
