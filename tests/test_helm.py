@@ -429,7 +429,8 @@ def test_guide_custom_values_become_the_plugin_configuration():
     # Every contract key is in values.yaml, so every key reaches the filter.
     assert set(defaults) == {"threshold", "push_interval", "ttl_multiplier", "quorum", "max_expected_nodes",
                              "max_nodes_per_cluster", "max_clusters", "max_body_bytes", "max_id_bytes",
-                             "max_points_per_push", "pause_on_headers", "listen"}
+                             "max_points_per_push", "max_resources_per_push", "max_cohorts_per_cluster",
+                             "pause_on_headers", "listen"}
     assert defaults["max_nodes_per_cluster"] is None  # the filter's default: max_expected_nodes
     assert set(defaults["threshold"]) == {"k", "ema_alpha"}
     assert set(defaults["quorum"]) == {"statistical_min", "coverage_fraction"}

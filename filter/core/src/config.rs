@@ -18,6 +18,10 @@ pub const DEFAULT_MAX_EXPECTED_NODES: u32 = 10_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 pub const DEFAULT_MAX_ID_BYTES: usize = 256;
 pub const DEFAULT_MAX_POINTS_PER_PUSH: usize = 10_000;
+/// A Collector batch of 8 192 one-point resources fits (docs/limits.md).
+pub const DEFAULT_MAX_RESOURCES_PER_PUSH: usize = 10_000;
+/// Cohorts per cluster in a recompute; more are left out of the book (docs/limits.md).
+pub const DEFAULT_MAX_COHORTS_PER_CLUSTER: u32 = 16;
 pub const DEFAULT_MAX_CLUSTERS: u32 = 1_000;
 
 /// Validated configuration shared by every front door.
@@ -47,6 +51,10 @@ pub struct Config {
     pub max_id_bytes: usize,
     /// Most data points accepted in one push.
     pub max_points_per_push: usize,
+    /// Most resources (nodes, in an agent's push) accepted in one push.
+    pub max_resources_per_push: usize,
+    /// Most cohorts (cgroup path hashes) of one cluster a recompute keeps.
+    pub max_cohorts_per_cluster: u32,
     /// proxy-wasm filter only: hold a push at its headers while the body
     /// arrives. That needs Envoy's `allow_on_headers_stop_iteration: true`;
     /// where the host cannot set it (Istio's WasmPlugin), set this false and let
@@ -192,6 +200,8 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_id_bytes: DEFAULT_MAX_ID_BYTES,
             max_points_per_push: DEFAULT_MAX_POINTS_PER_PUSH,
+            max_resources_per_push: DEFAULT_MAX_RESOURCES_PER_PUSH,
+            max_cohorts_per_cluster: DEFAULT_MAX_COHORTS_PER_CLUSTER,
             pause_on_headers: true,
             mode: Mode::Terminate,
             routes: RouteSet::ALL,
@@ -264,6 +274,8 @@ impl Config {
                 "max_body_bytes",
                 "max_id_bytes",
                 "max_points_per_push",
+                "max_resources_per_push",
+                "max_cohorts_per_cluster",
                 "pause_on_headers",
                 "mode",
                 "routes",
@@ -285,6 +297,8 @@ impl Config {
             max_body_bytes: check.int(root, "max_body_bytes", d.max_body_bytes, 1024, 64 << 20),
             max_id_bytes: check.int(root, "max_id_bytes", d.max_id_bytes, 8, 4096),
             max_points_per_push: check.int(root, "max_points_per_push", d.max_points_per_push, 1, 1_000_000),
+            max_resources_per_push: check.int(root, "max_resources_per_push", d.max_resources_per_push, 1, 1_000_000),
+            max_cohorts_per_cluster: check.int(root, "max_cohorts_per_cluster", d.max_cohorts_per_cluster, 1, 10_000),
             pause_on_headers: check.boolean(root, "pause_on_headers", d.pause_on_headers),
             mode: check.mode(root, "mode", d.mode),
             routes: check.routes(root, "routes", d.routes),
@@ -567,7 +581,8 @@ mod tests {
         let p = parse(
             r#"{"threshold":{"k":2.5,"ema_alpha":1},"push_interval":"30s","ttl_multiplier":3,
                 "quorum":{"statistical_min":7,"coverage_fraction":0.5},"max_expected_nodes":100,
-                "max_body_bytes":2048,"max_id_bytes":64,"max_points_per_push":50}"#,
+                "max_body_bytes":2048,"max_id_bytes":64,"max_points_per_push":50,
+                "max_resources_per_push":7,"max_cohorts_per_cluster":3}"#,
         )
         .map(|p| p.config);
         let c = p.as_ref().ok();
@@ -581,6 +596,7 @@ mod tests {
         assert_eq!(c.map(|c| c.max_body_bytes), Some(2048));
         assert_eq!(c.map(|c| c.max_id_bytes), Some(64));
         assert_eq!(c.map(|c| c.max_points_per_push), Some(50));
+        assert_eq!(c.map(|c| (c.max_resources_per_push, c.max_cohorts_per_cluster)), Some((7, 3)));
         assert_eq!(c.map(|c| c.pause_on_headers), Some(true));
         let flag = |json: &str| Config::from_json(json.as_bytes()).map(|p| p.config.pause_on_headers);
         assert_eq!(flag(r#"{"pause_on_headers":false}"#), Ok(false));
@@ -593,7 +609,7 @@ mod tests {
         let err = parse(r#"{"threshold":{"k":7,"ema_alpha":0},"push_interval":"soon","ttl_multiplier":1}"#)
             .err()
             .map(|e| e.to_string())
-            .unwrap_or_default();
+            .unwrap();
         assert!(err.contains("threshold.k = 7 is out of range: must be a number in [1, 4]"), "{err}");
         assert!(err.contains("threshold.ema_alpha = 0 is out of range: must be a number in (0, 1]"), "{err}");
         assert!(err.contains("push_interval = \"soon\""), "{err}");
@@ -607,14 +623,14 @@ mod tests {
         let c = parse(r#"{"max_nodes_per_cluster":5,"max_clusters":3,"push_interval":"500ms"}"#).map(|p| p.config);
         let caps = c.as_ref().map(Config::node_caps).ok();
         assert_eq!(caps, Some(NodeCaps { nodes: 10_000, nodes_per_cluster: 5, clusters: 3, retry_after_s: 1 }));
-        let err = parse(r#"{"max_clusters":0}"#).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse(r#"{"max_clusters":0}"#).err().map(|e| e.to_string()).unwrap();
         assert!(err.contains("max_clusters = 0 is out of range: must be an integer in [1, 100000]"), "{err}");
     }
 
     #[test]
     fn warns_about_unknown_keys() {
         let p = parse(r#"{"threshold":{"kk":1},"colour":"blue"}"#);
-        let warnings = p.map(|p| p.warnings).unwrap_or_default();
+        let warnings = p.map(|p| p.warnings).unwrap();
         assert!(warnings.contains(&"unknown configuration key threshold.kk ignored".to_string()));
         assert!(warnings.contains(&"unknown configuration key colour ignored".to_string()));
     }
@@ -723,6 +739,16 @@ const KEYS: &[(&str, &str, DefaultOf)] = &[
     ("max_body_bytes", "largest body, before and after gzip", DefaultOf::Field(|c| Value::from(c.max_body_bytes))),
     ("max_id_bytes", "longest cluster, node or cohort id", DefaultOf::Field(|c| Value::from(c.max_id_bytes))),
     ("max_points_per_push", "most data points in one push", DefaultOf::Field(|c| Value::from(c.max_points_per_push))),
+    (
+        "max_resources_per_push",
+        "most resources (nodes) in one push",
+        DefaultOf::Field(|c| Value::from(c.max_resources_per_push)),
+    ),
+    (
+        "max_cohorts_per_cluster",
+        "cohorts of one cluster a recompute keeps",
+        DefaultOf::Field(|c| Value::from(c.max_cohorts_per_cluster)),
+    ),
     ("pause_on_headers", "wasm filter only: hold a push at its headers while the body arrives", DefaultOf::Probe),
     (
         "mode",

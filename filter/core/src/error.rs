@@ -31,6 +31,8 @@ pub enum FleetError {
     BodyTooLarge { limit: usize },
     #[error("push has more than max_points_per_push ({limit}) data points")]
     TooManyPoints { limit: usize },
+    #[error("push has more than max_resources_per_push ({limit}) resources")]
+    TooManyResources { limit: usize },
     #[error("new cluster refused: max_clusters ({limit}) clusters already have tracked nodes")]
     TooManyClusters { limit: u32, retry_after_s: u32 },
     #[error("unsupported Content-Type {0:?}: use application/json or application/x-protobuf")]
@@ -51,6 +53,9 @@ pub enum FleetError {
     Host(String),
     #[error("Envoy held this push at its headers and never passed its body to the filter: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy >= 1.35), or \"pause_on_headers\": false in the plugin configuration")]
     HeaderPauseIgnored,
+    /// An answer could not be serialized: a bug, never answered with an empty body.
+    #[error("cannot render the answer: {0}")]
+    Render(String),
 }
 
 impl FleetError {
@@ -66,13 +71,13 @@ impl FleetError {
             | Self::BadProtobuf(_)
             | Self::BadGzip(_)
             | Self::BadGrpcFrame(_) => 400,
-            Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } => 413,
+            Self::BodyTooLarge { .. } | Self::TooManyPoints { .. } | Self::TooManyResources { .. } => 413,
             Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) | Self::GrpcNotServed => 415,
             Self::MethodNotAllowed { .. } => 405,
             Self::NoIdentity | Self::ClusterNotAllowed(_) => 403,
             Self::TooManyClusters { .. } => 429,
             Self::Busy | Self::SharedData(_) | Self::Host(_) => 503,
-            Self::HeaderPauseIgnored => 500,
+            Self::HeaderPauseIgnored | Self::Render(_) => 500,
         }
     }
 

@@ -9,8 +9,9 @@ use crate::threshold::{ThresholdBook, ThresholdSnapshot, STRAGGLER_EPSILON};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// Page size when the request names none.
-pub const DEFAULT_PAGE: usize = 100;
+/// Page size when the request names none: small, so that a poll costs little
+/// (the dashboard asks for this size too and pages through the rest).
+pub const DEFAULT_PAGE: usize = 20;
 /// Largest page a request may ask for.
 pub const MAX_PAGE: usize = 1000;
 
@@ -79,6 +80,8 @@ struct CohortView<'a> {
     stragglers: u32,
     world_size: u32,
     coverage_low: bool,
+    /// Active nodes by score, in 20 bins of 0.05 (the last one holds 1.0).
+    histogram: &'a [u32],
 }
 
 impl<'a> From<&'a ThresholdSnapshot> for CohortView<'a> {
@@ -94,12 +97,17 @@ impl<'a> From<&'a ThresholdSnapshot> for CohortView<'a> {
             stragglers: s.stragglers,
             world_size: s.world_size,
             coverage_low: s.coverage_low,
+            histogram: &s.histogram,
         }
     }
 }
 
 /// `GET /api/v1/clusters`: every cluster with its cohorts; `events` gives a cluster's recent straggler events.
-pub fn clusters(book: &ThresholdBook, page: Page, events: impl Fn(&str) -> Vec<StragglerEvent>) -> Vec<u8> {
+pub fn clusters(
+    book: &ThresholdBook,
+    page: Page,
+    events: impl Fn(&str) -> Result<Vec<StragglerEvent>, FleetError>,
+) -> Result<Vec<u8>, FleetError> {
     let mut by_cluster: BTreeMap<&str, Vec<&ThresholdSnapshot>> = BTreeMap::new();
     for s in &book.cohorts {
         by_cluster.entry(s.cluster.as_str()).or_default().push(s);
@@ -107,10 +115,10 @@ pub fn clusters(book: &ThresholdBook, page: Page, events: impl Fn(&str) -> Vec<S
     let (page_items, total, next_offset) = page.slice(by_cluster.into_iter().collect());
     let clusters = page_items
         .into_iter()
-        .map(|(cluster_id, cohorts)| {
+        .map(|(cluster_id, cohorts)| -> Result<ClusterView<'_>, FleetError> {
             let default = cohorts.iter().find(|s| s.cohort.is_empty());
             let sum = |f: fn(&ThresholdSnapshot) -> u32| cohorts.iter().map(|s| f(s)).sum();
-            ClusterView {
+            Ok(ClusterView {
                 cluster_id,
                 quorum_met: default.is_some_and(|s| s.quorum_met()),
                 threshold: default.and_then(|s| s.threshold),
@@ -120,12 +128,17 @@ pub fn clusters(book: &ThresholdBook, page: Page, events: impl Fn(&str) -> Vec<S
                 world_size: cohorts.iter().map(|s| s.world_size).max().unwrap_or(0),
                 coverage_low: cohorts.iter().any(|s| s.coverage_low),
                 cohorts: cohorts.iter().map(|s| CohortView::from(*s)).collect(),
-                recent_straggler_events: events(cluster_id),
-            }
+                recent_straggler_events: events(cluster_id)?,
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let list = ClusterList { computed_at_ms: book.computed_at_ms, total, next_offset, clusters };
-    serde_json::to_vec(&list).unwrap_or_default()
+    json(&list)
+}
+
+/// A listing's JSON; a failure is an error (500), never an empty body.
+fn json(value: &impl Serialize) -> Result<Vec<u8>, FleetError> {
+    serde_json::to_vec(value).map_err(|e| FleetError::Render(e.to_string()))
 }
 
 #[derive(Serialize)]
@@ -155,12 +168,14 @@ struct NodeView {
 }
 
 /// `GET /api/v1/nodes?cluster_id=`: the cluster's nodes sorted by id.
-pub fn nodes(cluster: &str, records: Vec<NodeRecord>, book: &ThresholdBook, page: Page) -> Vec<u8> {
-    let mut mine: Vec<NodeRecord> = records.into_iter().filter(|r| r.cluster == cluster).collect();
+/// Only the page's records are copied.
+pub fn nodes(cluster: &str, records: &[NodeRecord], book: &ThresholdBook, page: Page) -> Result<Vec<u8>, FleetError> {
+    let mut mine: Vec<&NodeRecord> = records.iter().filter(|r| r.cluster == cluster).collect();
     mine.sort_by(|a, b| a.node.cmp(&b.node));
     let (page_items, total, next_offset) = page.slice(mine);
     let nodes = page_items
         .into_iter()
+        .cloned()
         .map(|r| {
             let threshold = book.threshold(&r.cluster, &r.cohort);
             let gauges = DETAIL_GAUGES.iter().zip(r.details.gauges).filter_map(|(name, v)| Some((*name, v?))).collect();
@@ -181,7 +196,7 @@ pub fn nodes(cluster: &str, records: Vec<NodeRecord>, book: &ThresholdBook, page
         })
         .collect();
     let list = NodeList { cluster_id: cluster, computed_at_ms: book.computed_at_ms, total, next_offset, nodes };
-    serde_json::to_vec(&list).unwrap_or_default()
+    json(&list)
 }
 
 #[cfg(test)]
@@ -190,7 +205,7 @@ mod tests {
 
     #[test]
     fn pages() {
-        assert_eq!(Page::from_path("/x"), Ok(Page { limit: 100, offset: 0 }));
+        assert_eq!(Page::from_path("/x"), Ok(Page { limit: DEFAULT_PAGE, offset: 0 }));
         assert_eq!(Page::from_path("/x?limit=5&offset=10"), Ok(Page { limit: 5, offset: 10 }));
         assert!(matches!(Page::from_path("/x?limit=0"), Err(FleetError::BadQueryValue { name: "limit", .. })));
         assert!(matches!(Page::from_path("/x?offset=-1"), Err(FleetError::BadQueryValue { name: "offset", .. })));

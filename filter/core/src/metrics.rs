@@ -80,7 +80,14 @@ impl Outcome {
 
 /// The Prometheus text exposition (format 0.0.4) of every Fleet metric.
 pub fn render(sink: &dyn CounterSink, book: &ThresholdBook, tracked_nodes: u32) -> String {
-    let mut out = String::with_capacity(1024 + 512 * book.cohorts.len());
+    let mut out = render_counters(sink, tracked_nodes, book.cohorts_over_cap);
+    out.push_str(&render_cohorts(book));
+    out
+}
+
+/// The process counters and gauges: a few hundred bytes, rendered per scrape.
+pub fn render_counters(sink: &dyn CounterSink, tracked_nodes: u32, cohorts_over_cap: u32) -> String {
+    let mut out = String::with_capacity(2048);
     header(&mut out, "ingero_fleet_total_pushes", "counter", "Pushes accepted.");
     let _ = writeln!(out, "ingero_fleet_total_pushes {}", sink.value(Counter::TotalPushes));
     header(&mut out, "ingero_fleet_straggler_events_total", "counter", "Straggler events reported by agents.");
@@ -94,7 +101,16 @@ pub fn render(sink: &dyn CounterSink, book: &ThresholdBook, tracked_nodes: u32) 
     }
     header(&mut out, "ingero_fleet_tracked_nodes", "gauge", "Nodes holding a slot under max_expected_nodes.");
     let _ = writeln!(out, "ingero_fleet_tracked_nodes {tracked_nodes}");
+    let help = "Cohorts left out of the last recompute by max_cohorts_per_cluster.";
+    header(&mut out, "ingero_fleet_cohorts_over_cap", "gauge", help);
+    let _ = writeln!(out, "ingero_fleet_cohorts_over_cap {cohorts_over_cap}");
+    out
+}
 
+/// The per-cohort gauges: they change only when a new book is published, so
+/// a front door renders them once per book ([`crate::read_cache`]).
+pub fn render_cohorts(book: &ThresholdBook) -> String {
+    let mut out = String::with_capacity(512 + 512 * book.cohorts.len());
     type Field = fn(&crate::threshold::ThresholdSnapshot) -> Option<f64>;
     let per_cohort: [(&str, &str, Field); 6] = [
         ("ingero_fleet_active_nodes", "Active unexpired nodes.", |s| Some(f64::from(s.active_nodes))),
@@ -126,9 +142,24 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// Label value escaping of the text format.
+/// Label value escaping of the text format: `\\`, `\"` and `\n` as it defines;
+/// any other control character (CR, NUL, ESC, DEL, C1), which the format has no
+/// escape for and which breaks line-based readers, is written as the text
+/// `\xHH` (its backslash escaped), so every byte of the output is printable.
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\\\x{:02x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -148,6 +179,7 @@ mod tests {
             stragglers: 1,
             world_size: 8,
             coverage_low: true,
+            histogram: Vec::new(),
         }
     }
 
@@ -160,6 +192,7 @@ mod tests {
             epoch: 1,
             computed_at_ms: 0,
             cohorts: vec![snapshot("a\"b", Some(0.8)), snapshot("cold", None)],
+            cohorts_over_cap: 3,
         };
         let text = render(&sink, &book, 11);
         for line in [
@@ -168,6 +201,7 @@ mod tests {
             "ingero_fleet_dropped_total{reason=\"bad_request\"} 1",
             "ingero_fleet_dropped_total{reason=\"invalid_point\"} 0",
             "ingero_fleet_tracked_nodes 11",
+            "ingero_fleet_cohorts_over_cap 3",
             "ingero_fleet_active_nodes{cluster_id=\"a\\\"b\",cgroup_path_hash=\"\"} 5",
             "ingero_fleet_threshold{cluster_id=\"a\\\"b\",cgroup_path_hash=\"\"} 0.8",
             "ingero_fleet_coverage_low{cluster_id=\"cold\",cgroup_path_hash=\"\"} 1",
@@ -176,5 +210,17 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("ingero_fleet_threshold{cluster_id=\"cold\""), "no threshold without quorum");
+    }
+
+    #[test]
+    fn control_characters_in_label_values_are_escaped() {
+        let mut cluster = String::from("a\rb\0c\x1b[2J\u{7f}\u{85}\nd\\\"");
+        cluster.push('é');
+        let book = ThresholdBook { cohorts: vec![snapshot(&cluster, Some(0.8))], ..ThresholdBook::default() };
+        let text = render(&MemoryCounters::default(), &book, 1);
+        assert!(text.chars().all(|c| c == '\n' || !c.is_control()), "{text:?}");
+        let line = "ingero_fleet_threshold{cluster_id=\"a\\\\x0db\\\\x00c\\\\x1b[2J\\\\x7f\\\\x85\\nd\\\\\\\"é\",cgroup_path_hash=\"\"} 0.8";
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("ingero_fleet_threshold{")).count(), 1);
     }
 }

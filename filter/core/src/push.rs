@@ -4,9 +4,11 @@
 //! counted in `partialSuccess`, and never reaches the registry.
 
 use crate::config::Config;
+use crate::error::FleetError;
 use crate::events::StragglerEvent;
 use crate::node::{NodeDetails, NodeScore, NodeState, DETAIL_GAUGES};
 use crate::otlp::{attribute, AnyValue, ExportRequest, KeyValue, Metric, NumberPoint, ResourceMetrics};
+use std::collections::BTreeMap;
 
 pub const HEALTH_SCORE: &str = "ingero.node.health_score";
 pub const STRAGGLER_EVENT: &str = "ingero.node.straggler_event";
@@ -35,19 +37,42 @@ impl PushBatch {
     }
 }
 
+/// Refuses a push past `max_resources_per_push` or `max_points_per_push`
+/// before any of it is read into scores: the work a push may cost is bounded.
+pub fn check_size(request: &ExportRequest, config: &Config) -> Result<(), FleetError> {
+    if request.resource_metrics.len() > config.max_resources_per_push {
+        return Err(FleetError::TooManyResources { limit: config.max_resources_per_push });
+    }
+    if request.point_count() > config.max_points_per_push {
+        return Err(FleetError::TooManyPoints { limit: config.max_points_per_push });
+    }
+    Ok(())
+}
+
 /// Validates a request's points. `query_cluster` (already checked) wins over the
 /// resource attribute; the caller has ensured that one of the two exists.
 /// A node repeated within one push (in several points or resources) is stored
-/// once: its newest valid point wins, the later one on a tie.
+/// once: its newest valid point wins, the later one on a tie. Repeats are
+/// found in an ordered map: O(log n) id comparisons per resource, whatever the ids.
 pub fn extract(request: ExportRequest, query_cluster: Option<&str>, config: &Config) -> PushBatch {
     let mut batch = PushBatch::default();
     let mut newest: Vec<(u64, NodeScore)> = Vec::new();
+    // By cluster, then node: the slot in `newest`. An ordered map costs O(log n)
+    // comparisons per resource whatever the ids (a hash map in wasm32 has fixed keys).
+    let mut slots: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for resource in request.resource_metrics {
         let Some((time, score)) = extract_resource(resource, query_cluster, config, &mut batch) else { continue };
-        match newest.iter_mut().find(|(_, s)| s.node == score.node && s.cluster == score.cluster) {
-            Some(slot) if slot.0 <= time => *slot = (time, score),
+        let nodes = match slots.get_mut(&score.cluster) {
+            Some(nodes) => nodes,
+            None => slots.entry(score.cluster.clone()).or_default(),
+        };
+        match nodes.get(&score.node) {
+            Some(&at) if newest[at].0 <= time => newest[at] = (time, score),
             Some(_) => {}
-            None => newest.push((time, score)),
+            None => {
+                nodes.insert(score.node.clone(), newest.len());
+                newest.push((time, score));
+            }
         }
     }
     batch.scores = newest.into_iter().map(|(_, s)| s).collect();
@@ -215,7 +240,7 @@ mod tests {
     use crate::otlp::BodyFormat;
 
     fn batch(json: &str, query: Option<&str>) -> PushBatch {
-        let req = ExportRequest::decode(BodyFormat::Json, json.as_bytes()).unwrap_or_default();
+        let req = ExportRequest::decode(BodyFormat::Json, json.as_bytes()).unwrap();
         extract(req, query, &Config::default())
     }
 
@@ -255,7 +280,7 @@ mod tests {
         let sleepy = agent_json("n", "0.5").replace("\"active\"", "\"asleep\"");
         let b = batch(&sleepy, None);
         assert_eq!((b.scores.len(), b.rejected), (0, 1));
-        assert!(b.rejection.unwrap_or_default().contains("ingero.node.state"));
+        assert!(b.rejection.unwrap().contains("ingero.node.state"));
         let idle = agent_json("n", "0.5").replace("\"active\"", "\"idle\"");
         assert_eq!(batch(&idle, None).scores[0].state, NodeState::Idle);
     }
@@ -287,7 +312,7 @@ mod tests {
         let one = |score: &str, time: &str| {
             let json = agent_json("n", score).replace("1700000000000000000", time);
             let inner = json.strip_prefix(r#"{"resourceMetrics":["#).and_then(|j| j.strip_suffix("]}"));
-            inner.unwrap_or_default().to_owned()
+            inner.unwrap().to_owned()
         };
         let body = format!(r#"{{"resourceMetrics":[{},{},{}]}}"#, one("0.2", "3"), one("0.7", "9"), one("0.4", "5"));
         let b = batch(&body, None);
@@ -311,7 +336,7 @@ mod tests {
     #[test]
     fn cluster_presence() {
         fn req(j: &str) -> ExportRequest<'_> {
-            ExportRequest::decode(BodyFormat::Json, j.as_bytes()).unwrap_or_default()
+            ExportRequest::decode(BodyFormat::Json, j.as_bytes()).unwrap()
         }
         assert!(!names_a_cluster(&req("{\"resourceMetrics\":[]}"), None));
         assert!(names_a_cluster(&req("{\"resourceMetrics\":[]}"), Some("c")));
@@ -319,5 +344,29 @@ mod tests {
         assert!(names_a_cluster(&req(&agent), None));
         let no_attr = agent_json("n", "0.5").replace("ingero.cluster.id", "other");
         assert!(!names_a_cluster(&req(&no_attr), None));
+    }
+
+    /// The real Collector's default batch (measured: 8 192 points = 1 024 agent
+    /// resources of 8 points, docs/limits.md) fits the default caps, and so does
+    /// a batch of 8 192 one-point resources; one more resource or point than a cap is refused.
+    #[test]
+    fn default_caps_fit_a_collector_batch() {
+        fn request(resources: usize, points_each: usize) -> ExportRequest<'static> {
+            let metric = Metric { name: HEALTH_SCORE.into(), points: vec![NumberPoint::default(); points_each] };
+            let resource = ResourceMetrics { attributes: Vec::new(), metrics: vec![metric] };
+            ExportRequest { resource_metrics: vec![resource; resources] }
+        }
+        let config = Config::default();
+        assert_eq!(check_size(&request(1_024, 8), &config), Ok(()));
+        assert_eq!(check_size(&request(8_192, 1), &config), Ok(()));
+        let over = config.max_resources_per_push + 1;
+        assert_eq!(
+            check_size(&request(over, 0), &config),
+            Err(FleetError::TooManyResources { limit: config.max_resources_per_push })
+        );
+        assert_eq!(
+            check_size(&request(1, config.max_points_per_push + 1), &config),
+            Err(FleetError::TooManyPoints { limit: config.max_points_per_push })
+        );
     }
 }

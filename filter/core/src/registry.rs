@@ -7,18 +7,30 @@
 //! holds the node count of every cluster with tracked nodes and enforces the
 //! caps (`max_expected_nodes`, `max_nodes_per_cluster`, `max_clusters`); it is
 //! written only when a node is added or expires, never on an update.
+//!
+//! Shards and table entries are picked by the deployment's keyed hash
+//! ([`HashSeed`]), so nobody outside can aim ids at one shard; a shard still
+//! holds at most [`Registry::shard_cap`] records, and a new node past it is
+//! refused and counted (`shard_full`) rather than making every push to that
+//! shard slower.
 
 use crate::config::NodeCaps;
 use crate::error::FleetError;
 use crate::node::{LiveNode, NodeRecord, NodeScore, NodeState, DETAIL_GAUGES};
 use crate::outcome::DropReason;
-use crate::store::{SharedStore, StoreError, KEY_PREFIX, MAX_CAS_ATTEMPTS};
+use crate::seed::HashSeed;
+use crate::store::{decode, encode, update, SharedStore, StoreError, Update, KEY_PREFIX};
 use serde::{Deserialize, Serialize};
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// Target records per shard at `max_expected_nodes`.
 const NODES_PER_SHARD: u32 = 8;
+/// A shard holds at most this many times its share at `max_expected_nodes`
+/// (and at least [`MIN_SHARD_CAP`]): with a random seed the fullest of 2 048
+/// shards holds ~15 of 10 000 nodes, so the cap is only reached by an attack.
+const SHARD_CAP_FACTOR: u32 = 4;
+const MIN_SHARD_CAP: u32 = 32;
 
 /// A stored record read without copying its text. Its layout is
 /// [`NodeRecord`]'s field for field (postcard has no field names), which
@@ -99,6 +111,8 @@ pub enum NodeCap {
     Total,
     /// `max_nodes_per_cluster`.
     PerCluster,
+    /// The node's shard already holds [`Registry::shard_cap`] records.
+    Shard,
 }
 
 impl NodeCap {
@@ -107,6 +121,7 @@ impl NodeCap {
         match self {
             Self::Total => DropReason::MaxExpectedNodes,
             Self::PerCluster => DropReason::MaxNodesPerCluster,
+            Self::Shard => DropReason::ShardFull,
         }
     }
 
@@ -117,6 +132,7 @@ impl NodeCap {
             Self::PerCluster => {
                 format!("new nodes past max_nodes_per_cluster ({}) are not tracked", caps.nodes_per_cluster)
             }
+            Self::Shard => "new node refused: its registry shard is full (too many ids hash alike)".into(),
         }
     }
 }
@@ -125,13 +141,18 @@ impl NodeCap {
 pub struct Registry<'s, S: ?Sized> {
     store: &'s S,
     shards: u32,
+    shard_cap: usize,
+    /// Read from the store on first use: one read per registry (per request).
+    seed: OnceCell<HashSeed>,
 }
 
 impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
     /// The registry sized for `max_expected_nodes`.
     pub fn new(store: &'s S, max_expected_nodes: u32) -> Self {
         let shards = (max_expected_nodes / NODES_PER_SHARD).clamp(16, 1 << 14).next_power_of_two();
-        Self { store, shards }
+        let share = max_expected_nodes.div_ceil(shards);
+        let shard_cap = share.saturating_mul(SHARD_CAP_FACTOR).max(MIN_SHARD_CAP) as usize;
+        Self { store, shards, shard_cap, seed: OnceCell::new() }
     }
 
     /// Number of shard keys.
@@ -139,9 +160,17 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         self.shards
     }
 
-    /// Creates every missing key, empty. Run before serving: writes to missing
-    /// keys are not CAS-protected, so they must never race with real data.
+    /// Most records one shard holds.
+    pub fn shard_cap(&self) -> usize {
+        self.shard_cap
+    }
+
+    /// Creates the hash seed (from the host's entropy, unless one is stored)
+    /// and every missing key, empty. Run before serving: writes to missing keys
+    /// are not CAS-protected, so they must never race with real data.
     pub fn init(&self) -> Result<(), StoreError> {
+        let seed = HashSeed::establish(self.store, self.store.entropy()?)?;
+        let _ = self.seed.set(seed);
         for key in (0..self.shards).map(shard_key).chain([clusters_key()]) {
             if self.store.get(&key)?.is_none() {
                 self.store.set(&key, &[], None)?;
@@ -150,49 +179,43 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         Ok(())
     }
 
-    /// Stores a node's latest score; new nodes are admitted within `caps`, and a
-    /// new cluster past `caps.clusters` is an error (answered 429).
+    /// Stores a node's latest score; new nodes are admitted within `caps` and
+    /// the shard cap, and a new cluster past `caps.clusters` is an error (answered 429).
     pub fn record(&self, score: &NodeScore, now_ms: u64, caps: NodeCaps) -> Result<Admission, FleetError> {
-        let key = shard_key(self.shard_of(&score.cluster, &score.node));
+        let seed = self.seed()?;
+        let key = shard_key(self.shard_of(&seed, &score.cluster, &score.node));
+        let cluster = cluster_hash(&seed, &score.cluster);
         let fresh = NodeRecord::new(score, now_ms);
         let mut reserved = false;
-        for _ in 0..MAX_CAS_ATTEMPTS {
+        let result = update(self.store, &key, |bytes| {
             // The shard's other records are carried over as borrowed views, never copied.
-            let (bytes, version) =
-                self.store.get(&key).map_err(host)?.map_or((Vec::new(), None), |(b, v)| (b, Some(v)));
-            let mut records: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
-            let inserted = match records.iter_mut().find(|r| r.node == score.node && r.cluster == score.cluster) {
-                Some(record) => {
-                    *record = fresh.view();
-                    false
+            let mut records: Vec<RecordView<'_>> = decode(&key, bytes.unwrap_or(&[]))?;
+            let admission = match records.iter().position(|r| r.node == score.node && r.cluster == score.cluster) {
+                Some(at) => {
+                    records[at] = fresh.view();
+                    Admission::Updated
+                }
+                None if records.len() >= self.shard_cap => {
+                    return Ok(Update::Keep(Admission::OverCapacity(NodeCap::Shard)))
                 }
                 None => {
                     if !reserved {
-                        if let Some(cap) = self.reserve(&score.cluster, caps)? {
-                            return Ok(Admission::OverCapacity(cap));
+                        if let Some(cap) = self.reserve(cluster, caps)? {
+                            return Ok(Update::Keep(Admission::OverCapacity(cap)));
                         }
                         reserved = true;
                     }
                     records.push(fresh.view());
-                    true
+                    Admission::Inserted
                 }
             };
-            match self.store.set(&key, &postcard::to_allocvec(&records).unwrap_or_default(), version) {
-                Ok(()) => {
-                    if reserved && !inserted {
-                        // Another worker inserted this node first; give the slot back.
-                        self.release(&[cluster_hash(&score.cluster)])?;
-                    }
-                    return Ok(if inserted { Admission::Inserted } else { Admission::Updated });
-                }
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(host(e)),
-            }
+            Ok(Update::Write(encode(&key, &records)?, admission))
+        });
+        if reserved && result != Ok(Admission::Inserted) {
+            // Another worker inserted this node first, or the write failed: give the slot back.
+            self.release(&[cluster])?;
         }
-        if reserved {
-            self.release(&[cluster_hash(&score.cluster)])?;
-        }
-        Err(FleetError::Busy)
+        result
     }
 
     /// Removes nodes not seen for more than `ttl_ms` and shows each live one to
@@ -200,10 +223,11 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
     /// shard at a time. Freed slots go back to the cluster table in one write,
     /// also when a shard fails.
     pub fn sweep(&self, now_ms: u64, ttl_ms: u64, mut visit: impl FnMut(LiveNode<'_>)) -> Result<(), FleetError> {
+        let seed = self.seed()?;
         let mut expired = Vec::new();
         let swept = (0..self.shards)
             .map(shard_key)
-            .try_for_each(|key| self.sweep_shard(&key, now_ms, ttl_ms, &mut visit, &mut expired));
+            .try_for_each(|key| self.sweep_shard(&seed, &key, now_ms, ttl_ms, &mut visit, &mut expired));
         self.release(&expired)?;
         swept
     }
@@ -212,90 +236,91 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
     pub fn records(&self) -> Result<Vec<NodeRecord>, FleetError> {
         let mut all = Vec::new();
         for key in (0..self.shards).map(shard_key) {
-            all.extend(self.load_shard(&key)?.0);
+            if let Some((bytes, _)) = self.store.get(&key)? {
+                all.extend(decode::<Vec<NodeRecord>>(&key, &bytes)?);
+            }
         }
         Ok(all)
     }
 
     /// Number of nodes currently holding a slot under `max_expected_nodes`.
     pub fn tracked_nodes(&self) -> Result<u32, FleetError> {
-        Ok(self.load_clusters()?.0.total())
+        Ok(self.load_clusters()?.total())
     }
 
     /// Number of clusters with tracked nodes (counted against `max_clusters`).
     pub fn tracked_clusters(&self) -> Result<u32, FleetError> {
-        Ok(self.load_clusters()?.0.len())
+        Ok(self.load_clusters()?.len())
+    }
+
+    /// The deployment's hash seed (created by [`Registry::init`]).
+    pub fn seed(&self) -> Result<HashSeed, FleetError> {
+        if let Some(seed) = self.seed.get() {
+            return Ok(*seed);
+        }
+        let seed = HashSeed::load(self.store)?;
+        Ok(*self.seed.get_or_init(|| seed))
     }
 
     /// Sweeps one shard: rewrites it without its expired records (noting their
     /// clusters in `expired`), then visits the live ones.
     fn sweep_shard(
         &self,
+        seed: &HashSeed,
         key: &str,
         now_ms: u64,
         ttl_ms: u64,
         visit: &mut impl FnMut(LiveNode<'_>),
         expired: &mut Vec<u64>,
     ) -> Result<(), FleetError> {
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some((bytes, version)) = self.store.get(key).map_err(host)? else { return Ok(()) };
-            let records: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
-            let (live, gone): (Vec<_>, Vec<_>) =
-                records.into_iter().partition(|r| now_ms.saturating_sub(r.last_seen_ms) <= ttl_ms);
-            if !gone.is_empty() {
-                match self.store.set(key, &postcard::to_allocvec(&live).unwrap_or_default(), Some(version)) {
-                    Ok(()) => expired.extend(gone.iter().map(|r| cluster_hash(r.cluster))),
-                    Err(StoreError::CasMismatch) => continue,
-                    Err(e) => return Err(host(e)),
-                }
+        let live = |r: &RecordView<'_>| now_ms.saturating_sub(r.last_seen_ms) <= ttl_ms;
+        let rewritten = update(self.store, key, |bytes| {
+            let records: Vec<RecordView<'_>> = decode(key, bytes.unwrap_or(&[]))?;
+            if records.iter().all(live) {
+                records.iter().for_each(|r| visit(r.live_node()));
+                return Ok::<_, FleetError>(Update::Keep(None));
             }
-            live.iter().for_each(|r| visit(r.live_node()));
-            return Ok(());
+            let (kept, gone): (Vec<_>, Vec<_>) = records.into_iter().partition(live);
+            let bytes = encode(key, &kept)?;
+            let gone: Vec<u64> = gone.iter().map(|r| cluster_hash(seed, r.cluster)).collect();
+            Ok(Update::Write(bytes.clone(), Some((bytes, gone))))
+        })?;
+        if let Some((bytes, gone)) = rewritten {
+            expired.extend(gone);
+            decode::<Vec<RecordView<'_>>>(key, &bytes)?.iter().for_each(|r| visit(r.live_node()));
         }
-        Err(FleetError::Busy)
+        Ok(())
     }
 
-    fn shard_of(&self, cluster: &str, node: &str) -> u32 {
-        let mut h = DefaultHasher::new();
-        (cluster, node).hash(&mut h);
-        (h.finish() % u64::from(self.shards)) as u32
+    fn shard_of(&self, seed: &HashSeed, cluster: &str, node: &str) -> u32 {
+        (seed.hash(&["node", cluster, node]) % u64::from(self.shards)) as u32
     }
 
-    /// The shard's records and the version to write back against.
-    fn load_shard(&self, key: &str) -> Result<(Vec<NodeRecord>, Option<u32>), FleetError> {
-        match self.store.get(key).map_err(host)? {
-            Some((bytes, version)) => Ok((decode(&bytes), Some(version))),
-            None => Ok((Vec::new(), None)),
-        }
-    }
-
-    fn load_clusters(&self) -> Result<(ClusterTable, Option<u32>), FleetError> {
-        match self.store.get(&clusters_key()).map_err(host)? {
-            Some((bytes, version)) => Ok((ClusterTable::decode(&bytes), Some(version))),
-            None => Ok((ClusterTable::default(), None)),
+    fn load_clusters(&self) -> Result<ClusterTable, FleetError> {
+        let key = clusters_key();
+        match self.store.get(&key)? {
+            Some((bytes, _)) => Ok(ClusterTable::decode(&key, &bytes)?),
+            None => Ok(ClusterTable::default()),
         }
     }
 
-    /// Takes a slot for a new node of `cluster`; the cap it would pass, if any.
-    fn reserve(&self, cluster: &str, caps: NodeCaps) -> Result<Option<NodeCap>, FleetError> {
-        let id = cluster_hash(cluster);
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut table, version) = self.load_clusters()?;
-            match table.nodes_of(id) {
+    /// Takes a slot for a new node of `cluster` (its hash); the cap it would pass, if any.
+    fn reserve(&self, cluster: u64, caps: NodeCaps) -> Result<Option<NodeCap>, FleetError> {
+        let key = clusters_key();
+        update(self.store, &key, |bytes| {
+            let mut table = ClusterTable::decode(&key, bytes.unwrap_or(&[]))?;
+            match table.nodes_of(cluster) {
                 None if table.len() >= caps.clusters => {
-                    return Err(FleetError::TooManyClusters { limit: caps.clusters, retry_after_s: caps.retry_after_s })
+                    Err(FleetError::TooManyClusters { limit: caps.clusters, retry_after_s: caps.retry_after_s })
                 }
-                _ if table.total() >= caps.nodes => return Ok(Some(NodeCap::Total)),
-                Some(n) if n >= caps.nodes_per_cluster => return Ok(Some(NodeCap::PerCluster)),
-                _ => table.add(id),
+                _ if table.total() >= caps.nodes => Ok(Update::Keep(Some(NodeCap::Total))),
+                Some(n) if n >= caps.nodes_per_cluster => Ok(Update::Keep(Some(NodeCap::PerCluster))),
+                _ => {
+                    table.add(cluster);
+                    Ok(Update::Write(table.encode(), None))
+                }
             }
-            match self.store.set(&clusters_key(), &table.encode(), version) {
-                Ok(()) => return Ok(None),
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(host(e)),
-            }
-        }
-        Err(FleetError::Busy)
+        })
     }
 
     /// Gives back one slot per entry of `clusters` (cluster hashes), in one write.
@@ -303,24 +328,20 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         if clusters.is_empty() {
             return Ok(());
         }
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut table, version) = self.load_clusters()?;
+        let key = clusters_key();
+        update(self.store, &key, |bytes| {
+            let mut table = ClusterTable::decode(&key, bytes.unwrap_or(&[]))?;
             clusters.iter().for_each(|id| table.remove(*id));
-            match self.store.set(&clusters_key(), &table.encode(), version) {
-                Ok(()) => return Ok(()),
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(host(e)),
-            }
-        }
-        Err(FleetError::Busy)
+            Ok::<_, FleetError>(Update::Write(table.encode(), ()))
+        })
     }
 }
 
 // === impl ClusterTable ===
 
-/// Node counts by cluster, keyed by a 64-bit hash of the cluster id so that an
-/// entry is 12 bytes whatever the id's length; clusters leave when their last
-/// node expires. Fixed-width encoding: (hash u64, nodes u32) little-endian.
+/// Node counts by cluster, keyed by the keyed 64-bit hash of the cluster id so
+/// that an entry is 12 bytes whatever the id's length; clusters leave when their
+/// last node expires. Fixed-width encoding: (hash u64, nodes u32) little-endian.
 #[derive(Debug, Default, PartialEq)]
 struct ClusterTable {
     nodes: BTreeMap<u64, u32>,
@@ -364,28 +385,31 @@ impl ClusterTable {
         out
     }
 
-    /// A table of another layout (or a torn one) reads as empty and is rewritten.
-    fn decode(bytes: &[u8]) -> Self {
+    /// A torn table is an error: read as empty it would free every slot.
+    fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
         let entries = bytes.chunks_exact(TABLE_ENTRY_BYTES);
         if !entries.remainder().is_empty() {
-            return Self::default();
+            return Err(StoreError::Format {
+                key: key.to_owned(),
+                action: "decoded",
+                reason: format!("{} bytes is not a whole number of {TABLE_ENTRY_BYTES}-byte entries", bytes.len()),
+            });
         }
-        let nodes = entries
-            .filter_map(|e| {
-                let id = u64::from_le_bytes(e.get(..8)?.try_into().ok()?);
-                let n = u32::from_le_bytes(e.get(8..)?.try_into().ok()?);
-                Some((id, n))
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        Self { nodes }
+        let mut nodes = BTreeMap::new();
+        for e in entries {
+            let (id, n) = e.split_at(8);
+            let le = |b: &[u8]| b.iter().rev().fold(0u64, |v, byte| (v << 8) | u64::from(*byte));
+            let n = le(n) as u32;
+            if n > 0 {
+                nodes.insert(le(id), n);
+            }
+        }
+        Ok(Self { nodes })
     }
 }
 
-fn cluster_hash(cluster: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    cluster.hash(&mut h);
-    h.finish()
+fn cluster_hash(seed: &HashSeed, cluster: &str) -> u64 {
+    seed.hash(&["cluster", cluster])
 }
 
 fn shard_key(index: u32) -> String {
@@ -394,15 +418,6 @@ fn shard_key(index: u32) -> String {
 
 fn clusters_key() -> String {
     format!("{KEY_PREFIX}clusters")
-}
-
-/// An unreadable shard (written by another version) counts as empty and is rewritten.
-fn decode(bytes: &[u8]) -> Vec<NodeRecord> {
-    postcard::from_bytes(bytes).unwrap_or_default()
-}
-
-fn host(e: StoreError) -> FleetError {
-    FleetError::SharedData(e.to_string())
 }
 
 #[cfg(test)]
@@ -433,8 +448,8 @@ mod tests {
             detection_mode: Some("ebpf".into()),
             gauges: [Some(0.9), None, Some(0.4), None, None, Some(1.0)],
         };
-        let bytes = postcard::to_allocvec(std::slice::from_ref(&record)).unwrap_or_default();
-        let views: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
+        let bytes = postcard::to_allocvec(std::slice::from_ref(&record)).unwrap();
+        let views: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(views.iter().map(RecordView::live_node).collect::<Vec<_>>(), [record.live_node()]);
         assert_eq!(postcard::to_allocvec(&views).ok(), Some(bytes.clone()), "a rewritten shard is the same bytes");
         assert_eq!(postcard::to_allocvec(&vec![record.view()]).ok(), Some(bytes), "a view writes its record");
@@ -455,10 +470,11 @@ mod tests {
     fn keeps_the_latest_score_per_node() {
         let store = MemoryStore::default();
         let reg = Registry::new(&store, 100);
+        reg.init().unwrap();
         assert_eq!(reg.record(&score("c", "n1", 0.5), 1_000, caps(100)), Ok(Admission::Inserted));
         assert_eq!(reg.record(&score("c", "n1", 0.7), 2_000, caps(100)), Ok(Admission::Updated));
         assert_eq!(reg.record(&score("d", "n1", 0.9), 2_000, caps(100)), Ok(Admission::Inserted));
-        let mut all = reg.records().unwrap_or_default();
+        let mut all = reg.records().unwrap();
         all.sort_by(|a, b| a.cluster.cmp(&b.cluster));
         assert_eq!(all.len(), 2);
         assert_eq!((all[0].score, all[0].last_seen_ms), (0.7, 2_000));
@@ -470,6 +486,7 @@ mod tests {
     fn caps_new_nodes_but_not_known_ones() {
         let store = MemoryStore::default();
         let reg = Registry::new(&store, 2);
+        reg.init().unwrap();
         assert_eq!(reg.record(&score("c", "a", 0.5), 0, caps(2)), Ok(Admission::Inserted));
         assert_eq!(reg.record(&score("c", "b", 0.5), 0, caps(2)), Ok(Admission::Inserted));
         assert_eq!(reg.record(&score("c", "x", 0.5), 0, caps(2)), Ok(Admission::OverCapacity(NodeCap::Total)));
@@ -481,6 +498,7 @@ mod tests {
     fn sweep_expires_after_the_ttl_edge_and_frees_slots() {
         let store = MemoryStore::default();
         let reg = Registry::new(&store, 2);
+        reg.init().unwrap();
         let _ = reg.record(&score("c", "old", 0.5), 1_000, caps(2));
         let _ = reg.record(&score("c", "new", 0.5), 5_000, caps(2));
         assert_eq!(live(&reg, 51_000, 50_000).len(), 2, "exactly at the TTL still counts");
@@ -494,6 +512,7 @@ mod tests {
     fn caps_nodes_per_cluster_and_new_clusters() {
         let store = MemoryStore::default();
         let reg = Registry::new(&store, 100);
+        reg.init().unwrap();
         let caps = NodeCaps { nodes: 100, nodes_per_cluster: 2, clusters: 2, retry_after_s: 7 };
         assert_eq!(reg.record(&score("a", "1", 0.5), 0, caps), Ok(Admission::Inserted));
         assert_eq!(reg.record(&score("a", "2", 0.5), 0, caps), Ok(Admission::Inserted));
@@ -520,9 +539,9 @@ mod tests {
         table.add(u64::MAX);
         table.remove(u64::MAX);
         table.remove(12345);
-        assert_eq!(ClusterTable::decode(&table.encode()), table);
         assert_eq!((table.total(), table.len()), (3, 1));
-        assert_eq!(ClusterTable::decode(b"torn"), ClusterTable::default());
+        assert_eq!(ClusterTable::decode("k", &table.encode()), Ok(table));
+        assert!(matches!(ClusterTable::decode("k", b"torn"), Err(StoreError::Format { .. })));
     }
 
     #[test]
@@ -546,12 +565,15 @@ mod tests {
         fn set(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<(), StoreError> {
             if version.is_some() && self.fail_next.replace(false) {
                 // Someone else wrote in between: bump the version under the caller.
-                let current = self.inner.get(key)?.map(|(v, _)| v).unwrap_or_default();
+                let current = self.inner.get(key)?.map(|(v, _)| v).unwrap();
                 self.inner.set(key, &current, None)?;
                 return Err(StoreError::CasMismatch);
             }
             self.fail_next.set(true);
             self.inner.set(key, value, version)
+        }
+        fn entropy(&self) -> Result<[u8; 16], StoreError> {
+            self.inner.entropy()
         }
     }
 
@@ -559,7 +581,7 @@ mod tests {
     fn retries_on_cas_conflicts_without_losing_writes() {
         let store = Contended { inner: MemoryStore::default(), fail_next: std::cell::Cell::new(false) };
         let reg = Registry::new(&store, 100);
-        let _ = reg.init();
+        reg.init().unwrap();
         for i in 0..20 {
             assert_eq!(reg.record(&score("c", &format!("n{i}"), 0.5), 0, caps(100)), Ok(Admission::Inserted));
         }
@@ -590,5 +612,88 @@ mod tests {
         let reg = Registry::new(&*store, 1_000);
         assert_eq!(reg.records().map(|r| r.len()), Ok(400));
         assert_eq!(reg.tracked_nodes(), Ok(400));
+    }
+
+    /// Node ids that all land in shard 0 under the old fixed hash
+    /// (`DefaultHasher` of `(cluster, node)`), found in well under a second.
+    fn colliding_under_the_old_hash(count: usize, shards: u64) -> Vec<String> {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        (0u64..)
+            .map(|i| format!("attacker-{i}"))
+            .filter(|node| {
+                let mut h = DefaultHasher::new();
+                ("victim", node.as_str()).hash(&mut h);
+                h.finish() % shards == 0
+            })
+            .take(count)
+            .collect()
+    }
+
+    #[test]
+    fn ids_aimed_at_one_shard_spread_out_and_no_shard_passes_its_cap() {
+        let store = MemoryStore::default();
+        let reg = Registry::new(&store, 10_000);
+        reg.init().unwrap();
+        let shards = u64::from(reg.shard_count());
+        let ids = colliding_under_the_old_hash(400, shards);
+        let caps = NodeCaps { nodes: 10_000, nodes_per_cluster: 10_000, clusters: 1_000, retry_after_s: 1 };
+        for id in &ids {
+            assert_eq!(reg.record(&score("victim", id, 0.5), 0, caps), Ok(Admission::Inserted));
+        }
+        let mut per_shard = BTreeMap::new();
+        let seed = reg.seed().unwrap();
+        for id in &ids {
+            *per_shard.entry(reg.shard_of(&seed, "victim", id)).or_insert(0u32) += 1;
+        }
+        let fullest = per_shard.values().max().copied().unwrap_or(0);
+        assert!(per_shard.len() > 300 && fullest <= 6, "{} shards, fullest {fullest}", per_shard.len());
+
+        // Even a shard filled on purpose stops at its cap, counted as shard_full.
+        let mut aimed = 0;
+        let mut refused = 0;
+        for i in 0u64.. {
+            let node = format!("aimed-{i}");
+            if reg.shard_of(&seed, "victim", &node) != 7 {
+                continue;
+            }
+            match reg.record(&score("victim", &node, 0.5), 0, caps) {
+                Ok(Admission::Inserted) => aimed += 1,
+                Ok(Admission::OverCapacity(NodeCap::Shard)) => refused += 1,
+                other => panic!("{other:?}"),
+            }
+            if refused == 3 {
+                break;
+            }
+        }
+        assert_eq!(aimed + per_shard.get(&7).copied().unwrap_or(0) as usize, reg.shard_cap());
+        assert_eq!(NodeCap::Shard.drop_reason(), DropReason::ShardFull);
+    }
+
+    #[test]
+    fn every_worker_and_a_reload_use_the_first_seed() {
+        let store = MemoryStore::default();
+        let first = Registry::new(&store, 100);
+        first.init().unwrap();
+        let caps = caps(100);
+        assert_eq!(first.record(&score("c", "n", 0.5), 0, caps), Ok(Admission::Inserted));
+        // A second VM (or the same one reloaded) inits again: the seed, and so every shard, stays.
+        let reloaded = Registry::new(&store, 100);
+        reloaded.init().unwrap();
+        assert_eq!(reloaded.seed(), first.seed());
+        assert_eq!(reloaded.record(&score("c", "n", 0.6), 0, caps), Ok(Admission::Updated));
+        assert_eq!(reloaded.tracked_nodes(), Ok(1));
+    }
+
+    #[test]
+    fn unreadable_shards_are_errors_and_stay_untouched() {
+        let store = MemoryStore::default();
+        let reg = Registry::new(&store, 100);
+        reg.init().unwrap();
+        let seed = reg.seed().unwrap();
+        let key = shard_key(reg.shard_of(&seed, "c", "n"));
+        store.set(&key, &[0xff, 0xff, 0xff, 0xff], None).unwrap();
+        assert!(matches!(reg.record(&score("c", "n", 0.5), 0, caps(100)), Err(FleetError::SharedData(_))));
+        assert_eq!(store.get(&key).unwrap().map(|(b, _)| b), Some(vec![0xff; 4]), "never overwritten with empty");
+        assert_eq!(reg.tracked_nodes(), Ok(0), "the reserved slot was given back");
     }
 }

@@ -10,7 +10,8 @@ use crate::listing::{self, Page};
 use crate::metrics::{self, CounterSink};
 use crate::otlp::{BodyFormat, ExportRequest};
 use crate::outcome::{Answer, DropReason, Outcome};
-use crate::push::{extract, names_a_cluster, PushBatch};
+use crate::push::{check_size, extract, names_a_cluster, PushBatch};
+use crate::read_cache::Reads;
 use crate::registry::{Admission, Registry};
 use crate::reply::Reply;
 use crate::store::{SharedStore, StoreError, KEY_PREFIX};
@@ -128,12 +129,14 @@ pub struct Fleet<S, C> {
     store: S,
     counters: C,
     books: BookCache,
+    /// `/metrics`' cohorts and the cluster listing, rendered once per book.
+    reads: Reads,
 }
 
 impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// A service; call [`Fleet::init`] once before serving.
     pub fn new(config: Config, store: S, counters: C) -> Self {
-        Self { config, store, counters, books: BookCache::default() }
+        Self { config, store, counters, books: BookCache::default(), reads: Reads::default() }
     }
 
     /// The counters this service records into.
@@ -292,9 +295,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         };
         let body = unpack_body(body, gzip, self.config.max_body_bytes)?;
         let request = ExportRequest::decode(push.format, &body)?;
-        if request.point_count() > self.config.max_points_per_push {
-            return Err(FleetError::TooManyPoints { limit: self.config.max_points_per_push });
-        }
+        check_size(&request, &self.config)?;
         if !names_a_cluster(&request, push.cluster()) {
             return Err(FleetError::MissingClusterId);
         }
@@ -321,11 +322,11 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                 over_capacity.push(cap);
             }
         }
-        EventLog::new(&self.store).record(&batch.straggler_events)?;
+        let events = EventLog::new(&self.store).record(&batch.straggler_events)?;
         let straggler_events = batch.straggler_events.len() as u64;
-        let mut outcome = Outcome { accepted_push: true, straggler_events, drops: Vec::new() };
-        let mut rejected = batch.rejected;
-        let mut message = batch.rejection.clone();
+        let mut outcome = Outcome { accepted_push: true, straggler_events, drops: events.drops() };
+        let mut rejected = batch.rejected + events.shard_full + events.busy;
+        let mut message = batch.rejection.clone().or(events.message);
         if batch.rejected > 0 {
             outcome.drops.push((DropReason::InvalidPoint, batch.rejected));
         }
@@ -384,7 +385,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         self.registry().sweep(now_ms, self.config.node_ttl_ms(), |record| tally.add(record))?;
         let previous = self.published_book(None)?.map(|(book, _)| book).unwrap_or_default();
         let next = Arc::new(previous.next(tally, &self.config, epoch, now_ms));
-        self.store.set(&book_key(), &next.encode(), None).map_err(store_error)?;
+        self.store.set(&book_key(), &next.encode()?, None).map_err(store_error)?;
         self.books.offer(next.clone(), None);
         self.books.saw_epoch(epoch);
         Ok(Some(next))
@@ -394,7 +395,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     pub fn published_book(&self, known_version: Option<u32>) -> Result<Option<(ThresholdBook, u32)>, FleetError> {
         match self.store.get(&book_key()).map_err(store_error)? {
             Some((_, version)) if Some(version) == known_version => Ok(None),
-            Some((bytes, version)) => Ok(Some((ThresholdBook::decode(&bytes), version))),
+            Some((bytes, version)) => Ok(Some((ThresholdBook::decode(&bytes)?, version))),
             None => Ok(None),
         }
     }
@@ -413,18 +414,27 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                 let cohort = query_param(path, "cgroup_path_hash", self.config.max_id_bytes)?;
                 Reply::threshold(book.cohort(&cluster()?, cohort.as_deref().unwrap_or("")))
             }
+            // The counters are read per scrape; the cohorts and the cluster listing once per book.
             Route::Metrics => {
                 let tracked = self.registry().tracked_nodes()?;
-                Reply::metrics(metrics::render(&self.counters, book, tracked))
+                let cohorts = self
+                    .reads
+                    .cohort_metrics
+                    .get_or_build(book.epoch, || Ok::<_, FleetError>(metrics::render_cohorts(book).into()))?;
+                Reply::metrics(metrics::render_counters(&self.counters, tracked, book.cohorts_over_cap) + &cohorts)
             }
             Route::Clusters => {
-                let events = EventLog::new(&self.store);
-                Reply::json(listing::clusters(book, Page::from_path(path)?, |c| events.recent(c).unwrap_or_default()))
-            }
-            Route::Nodes => {
-                let cluster = cluster()?;
                 let page = Page::from_path(path)?;
-                Reply::json(listing::nodes(&cluster, self.registry().records()?, book, page))
+                let body = self.reads.bodies.get_or_render(path, book.epoch, || {
+                    let events = EventLog::new(&self.store);
+                    listing::clusters(book, page, |c| events.recent(c))
+                })?;
+                Reply::json(body.to_vec())
+            }
+            // A node listing shows the latest push (a state change is visible at once).
+            Route::Nodes => {
+                let (cluster, page) = (cluster()?, Page::from_path(path)?);
+                Reply::json(listing::nodes(&cluster, &self.registry().records()?, book, page)?)
             }
             Route::Dashboard => Reply::html(DASHBOARD_HTML),
             Route::Push => return Err(FleetError::MethodNotAllowed { method: "GET".into(), allowed: "POST" }),

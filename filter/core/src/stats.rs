@@ -63,13 +63,13 @@ mod tests {
     fn even_count() {
         // sorted 0.6 0.7 0.9 1.0: median 0.8; deviations 0.2 0.1 0.1 0.2 → MAD 0.15
         let s = spread(&[1.0, 0.6, 0.9, 0.7]).map(|s| (s.median, s.mad));
-        let (median, mad) = s.unwrap_or_default();
+        let (median, mad) = s.unwrap();
         assert!(close(median, 0.8) && close(mad, 0.15), "{median} {mad}");
     }
 
     #[test]
     fn ties_and_all_equal() {
-        let s = spread(&[0.7, 0.7, 0.7, 0.9, 0.2]).map(|s| (s.median, s.mad)).unwrap_or_default();
+        let s = spread(&[0.7, 0.7, 0.7, 0.9, 0.2]).map(|s| (s.median, s.mad)).unwrap();
         assert!(close(s.0, 0.7) && close(s.1, 0.0));
         let s = spread(&[0.85; 6]).unwrap_or(Spread { median: 0.0, mad: 1.0, raw_threshold: 0.0 });
         assert_eq!((s.median, s.mad, s.raw_threshold), (0.85, 0.0, 0.85));

@@ -7,6 +7,7 @@
 use crate::config::Config;
 use crate::node::{LiveNode, NodeState};
 use crate::stats::Spread;
+use crate::store::{decode, encode, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -34,7 +35,13 @@ pub struct ThresholdSnapshot {
     /// The largest `world_size` the cohort's nodes report (0 if none).
     pub world_size: u32,
     pub coverage_low: bool,
+    /// Active nodes by score in [`HISTOGRAM_BINS`] bins of equal width (1.0 in the last):
+    /// the dashboard's histogram without listing every node.
+    pub histogram: Vec<u32>,
 }
+
+/// Bins of [`ThresholdSnapshot::histogram`].
+pub const HISTOGRAM_BINS: usize = 20;
 
 impl ThresholdSnapshot {
     /// Whether the cohort has enough active nodes for a threshold.
@@ -50,6 +57,8 @@ pub struct ThresholdBook {
     pub epoch: u64,
     pub computed_at_ms: u64,
     pub cohorts: Vec<ThresholdSnapshot>,
+    /// Cohorts left out of this book by `max_cohorts_per_cluster`.
+    pub cohorts_over_cap: u32,
 }
 
 /// The live nodes grouped by cohort, reduced to what the statistics need, so a
@@ -89,15 +98,26 @@ impl CohortTally {
 
 impl ThresholdBook {
     /// The next book from the live nodes' tally, smoothing against `self`.
+    /// A cluster keeps at most `max_cohorts_per_cluster` cohorts: the default
+    /// cohort, then the ones with most live nodes (ties by id); the others get
+    /// no snapshot and are counted in `cohorts_over_cap`, so a cluster whose
+    /// nodes each name their own cohort cannot grow the book, `/metrics` or the listings.
     pub fn next(&self, tally: CohortTally, config: &Config, epoch: u64, now_ms: u64) -> ThresholdBook {
+        let cap = config.max_cohorts_per_cluster as usize;
         let mut cohorts = Vec::new();
-        for (cluster, groups) in tally.clusters {
+        let mut cohorts_over_cap = 0u32;
+        for (cluster, mut groups) in tally.clusters {
+            if groups.len() > cap {
+                let keep = largest_cohorts(&groups, cap);
+                cohorts_over_cap = cohorts_over_cap.saturating_add((groups.len() - keep.len()) as u32);
+                groups.retain(|cohort, _| keep.contains(cohort));
+            }
             for (cohort, group) in groups {
                 let previous = self.cohort(&cluster, &cohort).and_then(|s| s.threshold);
                 cohorts.push(snapshot(cluster.clone(), cohort, group, previous, config));
             }
         }
-        ThresholdBook { epoch, computed_at_ms: now_ms, cohorts }
+        ThresholdBook { epoch, computed_at_ms: now_ms, cohorts, cohorts_over_cap }
     }
 
     /// The snapshot of one cohort, if it has live nodes.
@@ -113,15 +133,32 @@ impl ThresholdBook {
         self.cohort(cluster, cohort).and_then(|s| s.threshold)
     }
 
-    /// Serialized form for shared data.
-    pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+    /// Serialized form for shared data; a failure is an error, never an empty book written.
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        encode("book", self)
     }
 
-    /// Reads a published book; an unreadable one is empty (the next recompute replaces it).
-    pub fn decode(bytes: &[u8]) -> ThresholdBook {
-        postcard::from_bytes(bytes).unwrap_or_default()
+    /// Reads a published book (the key as created at init reads as the empty
+    /// book); an unreadable one is an error, never read as "no thresholds".
+    pub fn decode(bytes: &[u8]) -> Result<ThresholdBook, StoreError> {
+        decode("book", bytes)
     }
+}
+
+/// The ids of the `cap` cohorts a recompute keeps: the default one, then the
+/// most live nodes, then the first ids. One pass, O(cohorts × cap), no sort.
+fn largest_cohorts(groups: &BTreeMap<String, Group>, cap: usize) -> Vec<String> {
+    // Best first: (is the default cohort, live nodes); ties keep the earlier id (map order).
+    let mut kept: Vec<(bool, u32, &String)> = Vec::with_capacity(cap + 1);
+    for (cohort, group) in groups {
+        let rank = (cohort.is_empty(), group.live_nodes);
+        let at = kept.iter().position(|(d, n, _)| rank > (*d, *n)).unwrap_or(kept.len());
+        if at < cap {
+            kept.insert(at, (rank.0, rank.1, cohort));
+            kept.truncate(cap);
+        }
+    }
+    kept.into_iter().map(|(_, _, cohort)| cohort.clone()).collect()
 }
 
 fn snapshot(
@@ -143,6 +180,11 @@ fn snapshot(
     });
     let stragglers = threshold.map_or(0, |t| scores.iter().filter(|s| *s + STRAGGLER_EPSILON < t).count() as u32);
     let world_size = group.world_size;
+    let mut histogram = vec![0u32; HISTOGRAM_BINS];
+    for s in &scores {
+        let bin = ((s * HISTOGRAM_BINS as f64) as usize).min(HISTOGRAM_BINS - 1);
+        histogram[bin] += 1;
+    }
     ThresholdSnapshot {
         cluster,
         cohort,
@@ -154,6 +196,7 @@ fn snapshot(
         stragglers,
         world_size,
         coverage_low: f64::from(active_nodes) < config.coverage_fraction * f64::from(world_size),
+        histogram,
     }
 }
 
@@ -201,6 +244,10 @@ mod tests {
         let five = ThresholdBook::default().next(tally(&records("c", &SCORES)), &config, 1, 0);
         assert!(close(five.threshold("c", ""), RAW));
         assert_eq!(five.cohort("c", "").map(|s| s.stragglers), Some(1), "0.5 is below");
+        let histogram = five.cohort("c", "").map(|s| s.histogram.clone()).unwrap();
+        // 0.5 → bin 10, 0.8 → 16, 0.9 → 18, 0.92 and 0.95 → 18 and 19.
+        assert_eq!((histogram.len(), histogram.iter().sum::<u32>()), (HISTOGRAM_BINS, 5));
+        assert_eq!((histogram[10], histogram[16], histogram[18], histogram[19]), (1, 1, 2, 1));
     }
 
     #[test]
@@ -265,6 +312,25 @@ mod tests {
     #[test]
     fn round_trips_through_shared_data() {
         let book = ThresholdBook::default().next(tally(&records("c", &SCORES)), &Config::default(), 7, 42);
-        assert_eq!(ThresholdBook::decode(&book.encode()), book);
+        assert_eq!(ThresholdBook::decode(&book.encode().unwrap()), Ok(book));
+        assert_eq!(ThresholdBook::decode(&[]), Ok(ThresholdBook::default()));
+        assert!(ThresholdBook::decode(&[0xff; 3]).is_err());
+    }
+
+    #[test]
+    fn cohorts_per_cluster_are_capped_and_counted() {
+        let config = Config { max_cohorts_per_cluster: 3, ..Config::default() };
+        let mut live = records("c", &SCORES); // the default cohort, 5 nodes
+        for cohort in 0..50 {
+            live.push(record("c", &format!("own-{cohort:02}"), 100 + cohort, 0.5));
+        }
+        live.push(record("c", "big", 200, 0.5));
+        live.push(record("c", "big", 201, 0.5));
+        live.extend(records("other", &SCORES));
+        let book = ThresholdBook::default().next(tally(&live), &config, 1, 0);
+        let kept: Vec<_> = book.cohorts.iter().map(|s| (s.cluster.as_str(), s.cohort.as_str())).collect();
+        assert_eq!(kept, [("c", ""), ("c", "big"), ("c", "own-00"), ("other", "")]);
+        assert_eq!(book.cohorts_over_cap, 49);
+        assert!(close(book.threshold("c", ""), RAW), "the default cohort is kept whole");
     }
 }

@@ -1,8 +1,11 @@
-//! proxy-wasm shared data as the core's [`SharedStore`].
+//! proxy-wasm shared data as the core's [`SharedStore`], and the host's entropy
+//! for the per-deployment hash seed.
 
+use ingero_fleet_core::store::SEED_BYTES;
 use ingero_fleet_core::{SharedStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
+use std::time::UNIX_EPOCH;
 
 /// The Envoy-wide shared data of this plugin's VM id.
 pub struct HostSharedData;
@@ -24,8 +27,53 @@ impl SharedStore for HostSharedData {
             Err(status) => Err(host_error(status)),
         }
     }
+
+    /// Envoy's WASI `random_get` (BoringSSL's `RAND_bytes` in proxy-wasm-cpp-host),
+    /// asked once when no seed is stored. Should a host answer it with an error,
+    /// the host clock's nanoseconds mixed with heap and stack addresses are used
+    /// instead: only ~20–30 bits an outsider who knows the start time cannot
+    /// guess (docs/limits.md); the shard caps still bound what a collision costs.
+    fn entropy(&self) -> Result<[u8; SEED_BYTES], StoreError> {
+        let mut bytes = [0u8; SEED_BYTES];
+        if wasi::random(&mut bytes) {
+            return Ok(bytes);
+        }
+        let _ = hostcalls::log(
+            proxy_wasm::types::LogLevel::Warn,
+            "ingero-fleet: the host has no random_get; the hash seed comes from the clock and addresses",
+        );
+        let nanos =
+            hostcalls::get_current_time().map_err(host_error)?.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let heap = Box::new(nanos);
+        let stack = 0u8;
+        let mixed = [nanos as u64, (nanos >> 64) as u64, &*heap as *const u128 as u64, &stack as *const u8 as u64];
+        let seed = ingero_fleet_core::seed::HashSeed::from_bytes(*b"ingero-fleet-wsm");
+        let text: Vec<String> = mixed.iter().map(u64::to_string).collect();
+        let parts: Vec<&str> = text.iter().map(String::as_str).collect();
+        let mut tagged = vec!["k0"];
+        tagged.extend(&parts);
+        bytes[..8].copy_from_slice(&seed.hash(&tagged).to_le_bytes());
+        tagged[0] = "k1";
+        bytes[8..].copy_from_slice(&seed.hash(&tagged).to_le_bytes());
+        Ok(bytes)
+    }
 }
 
+/// The one mapping of a host status to the core's store error.
 fn host_error(status: Status) -> StoreError {
     StoreError::Host(format!("{status:?}"))
+}
+
+mod wasi {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        /// WASI's `random_get`, which Envoy's proxy-wasm host provides.
+        fn random_get(buf: *mut u8, len: usize) -> u16;
+    }
+
+    /// Fills `buf` from the host's random source; false if the host refused.
+    pub fn random(buf: &mut [u8]) -> bool {
+        // SAFETY: the host writes at most `buf.len()` bytes into `buf`, which we own mutably.
+        unsafe { random_get(buf.as_mut_ptr(), buf.len()) == 0 }
+    }
 }
