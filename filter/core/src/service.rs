@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// The dashboard: one self-contained page that reads the listing API.
-const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+const DASHBOARD_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dashboard.html.gz"));
 
 /// A request line and the headers Fleet reads.
 #[derive(Debug, Clone, Copy, Default)]
@@ -436,7 +436,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
                 let (cluster, page) = (cluster()?, Page::from_path(path)?);
                 Reply::json(listing::nodes(&cluster, &self.registry().records()?, book, page)?)
             }
-            Route::Dashboard => Reply::html(DASHBOARD_HTML),
+            Route::Dashboard => Reply::html(dashboard()?),
             Route::Push => return Err(FleetError::MethodNotAllowed { method: "GET".into(), allowed: "POST" }),
         })
     }
@@ -500,6 +500,18 @@ impl BookCache {
     fn saw_epoch(&self, epoch: u64) {
         self.seen_epoch.fetch_max(epoch, Ordering::AcqRel);
     }
+}
+
+/// The dashboard page, inflated from the binary on first use.
+fn dashboard() -> Result<&'static str, FleetError> {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(page) = PAGE.get() {
+        return Ok(page);
+    }
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(DASHBOARD_GZ), &mut page)
+        .map_err(|e| FleetError::Render(format!("the dashboard page: {e}")))?;
+    Ok(PAGE.get_or_init(|| page))
 }
 
 fn epoch_key() -> String {
