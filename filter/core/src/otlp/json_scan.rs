@@ -210,21 +210,12 @@ impl<'a> Scanner<'a> {
             Some(b'{') => {
                 let mut seen = 0u8;
                 self.open()?;
-                match self.ws() {
-                    Some(b'}') => {
-                        self.pos += 1;
-                        self.depth -= 1;
-                        return Ok(());
-                    }
-                    Some(b'"') => {}
-                    _ => return self.fail("key must be a string"),
+                if self.first_key()? {
+                    return Ok(());
                 }
                 loop {
                     let index = self.field_name(&names)?;
-                    if self.ws() != Some(b':') {
-                        return self.fail("expected `:`");
-                    }
-                    self.pos += 1;
+                    self.colon()?;
                     match index {
                         Some(index) if seen & (1 << index) != 0 => return self.fail("duplicate field"),
                         Some(index) => {
@@ -233,19 +224,8 @@ impl<'a> Scanner<'a> {
                         }
                         None => self.skip()?,
                     }
-                    match self.ws() {
-                        Some(b',') => {
-                            self.pos += 1;
-                            if self.ws() != Some(b'"') {
-                                return self.fail("key must be a string");
-                            }
-                        }
-                        Some(b'}') => {
-                            self.pos += 1;
-                            self.depth -= 1;
-                            return Ok(());
-                        }
-                        _ => return self.fail("expected `,` or `}`"),
+                    if self.next_key()? {
+                        return Ok(());
                     }
                 }
             }
@@ -323,36 +303,60 @@ impl<'a> Scanner<'a> {
     /// A JSON object at `{`; keys are read strictly, `entry(scanner, key)` reads each value.
     fn object(&mut self, mut entry: impl FnMut(&mut Self, Cow<'a, str>) -> Scan<()>) -> Scan<()> {
         self.open()?;
+        if self.first_key()? {
+            return Ok(());
+        }
+        loop {
+            let key = self.strict_string()?;
+            self.colon()?;
+            entry(self, key)?;
+            if self.next_key()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Just after `{`: true when the object is empty (its `}` read), else at the first key.
+    #[inline(always)]
+    fn first_key(&mut self) -> Scan<bool> {
         match self.ws() {
             Some(b'}') => {
                 self.pos += 1;
                 self.depth -= 1;
-                return Ok(());
+                Ok(true)
             }
-            Some(b'"') => {}
-            _ => return self.fail("key must be a string"),
+            Some(b'"') => Ok(false),
+            _ => self.fail("key must be a string"),
         }
-        loop {
-            let key = self.strict_string()?;
-            if self.ws() != Some(b':') {
-                return self.fail("expected `:`");
-            }
-            self.pos += 1;
-            entry(self, key)?;
-            match self.ws() {
-                Some(b',') => {
-                    self.pos += 1;
-                    if self.ws() != Some(b'"') {
-                        return self.fail("key must be a string");
-                    }
+    }
+
+    /// The `:` after a key.
+    #[inline(always)]
+    fn colon(&mut self) -> Scan<()> {
+        if self.ws() != Some(b':') {
+            return self.fail("expected `:`");
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// After a member's value: true when `}` ended the object, else at the next key.
+    #[inline(always)]
+    fn next_key(&mut self) -> Scan<bool> {
+        match self.ws() {
+            Some(b',') => {
+                self.pos += 1;
+                if self.ws() != Some(b'"') {
+                    return self.fail("key must be a string");
                 }
-                Some(b'}') => {
-                    self.pos += 1;
-                    self.depth -= 1;
-                    return Ok(());
-                }
-                _ => return self.fail("expected `,` or `}`"),
+                Ok(false)
             }
+            Some(b'}') => {
+                self.pos += 1;
+                self.depth -= 1;
+                Ok(true)
+            }
+            _ => self.fail("expected `,` or `}`"),
         }
     }
 
