@@ -896,20 +896,7 @@ def test_tls_entry_serves_agents_with_certificates_in_real_envoy(tmp_path):
     openssl: an agent certificate from the CA is served, no certificate or another CA's is refused."""
     manifests = render(*TLS_VALUES)
     data = find(manifests, "ConfigMap", "ingero-fleet-envoy")["data"]
-    tls_files(tmp_path)
-    mounts = {"/etc/ingero-fleet/tls": tmp_path / "tls", "/etc/ingero-fleet/client-ca": tmp_path / "client-ca",
-              "/etc/ingero-fleet/config": tmp_path / "config"}
-    for directory in mounts.values():
-        directory.mkdir()
-    kubelet_secret(tmp_path / "tls", {"tls.crt": tmp_path / "server.crt", "tls.key": tmp_path / "server.key"})
-    kubelet_secret(tmp_path / "client-ca", {"ca.crt": tmp_path / "ca.crt"})
-
-    def mounted(text: str) -> str:
-        for path, local in mounts.items():
-            text = text.replace(path, str(local))
-        return text
-    for name in ("tls-certificate.yaml", "client-ca.yaml"):
-        (tmp_path / "config" / name).write_text(mounted(data[name]))
+    mounted = mount_tls_secrets(tmp_path, data, "/etc/ingero-fleet/config")
     rendered = yaml.safe_load(mounted(data["envoy.yaml"]))
     envoy, ports = loopback(rendered, concurrency=1)
     with envoy:
@@ -939,20 +926,7 @@ def test_tls_hash_front_pins_and_serves_through_tls_in_real_envoy(tmp_path):
     one replica per cluster and the threshold API answers through the front."""
     manifests = render("--set", "replicaCount=2", *TLS_VALUES)
     data = find(manifests, "ConfigMap", "ingero-fleet-lb")["data"]
-    tls_files(tmp_path)
-    mounts = {"/etc/ingero-fleet/tls": tmp_path / "tls", "/etc/ingero-fleet/client-ca": tmp_path / "client-ca",
-              "/etc/ingero-fleet/envoy": tmp_path / "config"}
-    for directory in mounts.values():
-        directory.mkdir()
-    kubelet_secret(tmp_path / "tls", {"tls.crt": tmp_path / "server.crt", "tls.key": tmp_path / "server.key"})
-    kubelet_secret(tmp_path / "client-ca", {"ca.crt": tmp_path / "ca.crt"})
-
-    def mounted(text: str) -> str:
-        for path, local in mounts.items():
-            text = text.replace(path, str(local))
-        return text
-    for name in ("tls-certificate.yaml", "client-ca.yaml"):
-        (tmp_path / "config" / name).write_text(mounted(data[name]))
+    mounted = mount_tls_secrets(tmp_path, data, "/etc/ingero-fleet/envoy")
     front = yaml.safe_load(mounted(data["envoy.yaml"]))
     replicas = [loopback(envoy_config(manifests), concurrency=1) for _ in range(2)]
     by_port = {4318: [p.push for _, p in replicas], 8080: [p.api for _, p in replicas]}
@@ -1015,6 +989,26 @@ def tls_files(tmp: Path) -> None:
 
 @pytest.mark.skipif(not SERVER_TLS, reason="the standalone server has no tls keys (cert_file, key_file, "
                     "client_ca_file) yet")
+def mount_tls_secrets(tmp_path: Path, data: dict, config_mount: str):
+    """The chart's TLS Secrets and SDS files (ConfigMap `data`, mounted at `config_mount`) played by openssl
+    files under `tmp_path`; returns the function mapping the chart's mount paths to those folders."""
+    tls_files(tmp_path)
+    mounts = {"/etc/ingero-fleet/tls": tmp_path / "tls", "/etc/ingero-fleet/client-ca": tmp_path / "client-ca",
+              config_mount: tmp_path / "config"}
+    for directory in mounts.values():
+        directory.mkdir()
+    kubelet_secret(tmp_path / "tls", {"tls.crt": tmp_path / "server.crt", "tls.key": tmp_path / "server.key"})
+    kubelet_secret(tmp_path / "client-ca", {"ca.crt": tmp_path / "ca.crt"})
+
+    def mounted(text: str) -> str:
+        for path, local in mounts.items():
+            text = text.replace(path, str(local))
+        return text
+    for name in ("tls-certificate.yaml", "client-ca.yaml"):
+        (tmp_path / "config" / name).write_text(mounted(data[name]))
+    return mounted
+
+
 def test_standalone_tls_config_serves_agents_with_certificates(tmp_path):
     """The chart's one-replica standalone config.yaml with tls + clientCA, run by the real server with the
     Secret files made by openssl: an agent certificate is served, none or another CA's is refused."""
