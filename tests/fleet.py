@@ -165,6 +165,17 @@ def render_envoy(plugin_config: dict, ports: dict, admin_port: int,
     return config
 
 
+def stop(process: subprocess.Popen | None, timeout: float = 10) -> None:
+    """Terminates a test's process if it still runs; kills it if it does not exit in time."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def start_serving(server, name: str, port: int, path: str, timeout: float) -> None:
     """Waits until the just-started `server` (with .process, .log() and context
     exit) answers 200 on `path`; stops it and fails with its log otherwise."""
@@ -221,13 +232,7 @@ class Envoy:
         return 0
 
     def __exit__(self, *exc) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from fleet import ROOT, free_port, start_serving
+from fleet import ROOT, free_port, start_serving, stop
 
 OTELCOL = ROOT / ".tools/bin/otelcol"
 GO_PUSH = ROOT / ".tools/bin/otel-go-push"
@@ -89,13 +89,7 @@ class Collector:
         return records
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -134,13 +128,7 @@ class GoPush:
         return (self.tmp / "err.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
 
 def prometheus_value(text: str, name: str, **labels) -> float:
