@@ -254,18 +254,25 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     let log = EventLog::new(&*store);
-                    (0..200u64).map(|n| log.record(&[event("hot", t * 1000 + n)]).map(|o| o.stored)).collect::<Vec<_>>()
+                    (0..200u64)
+                        .map(|n| (t * 1000 + n, log.record(&[event("hot", t * 1000 + n)]).unwrap()))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
+        // Each event is stored or, when the CAS attempts run out under contention, reported busy: never both, never lost.
+        let mut stored = Vec::new();
         for t in threads {
-            assert!(t.join().unwrap().iter().all(|r| *r == Ok(1)));
+            for (time, outcome) in t.join().unwrap() {
+                assert_eq!(outcome.stored + outcome.busy, 1, "event {time}: {outcome:?}");
+                if outcome.stored == 1 {
+                    stored.push(time);
+                }
+            }
         }
-        let log = EventLog::new(&*store);
-        let kept = times(&log, "hot");
-        assert_eq!(
-            kept,
-            [3184, 3185, 3186, 3187, 3188, 3189, 3190, 3191, 3192, 3193, 3194, 3195, 3196, 3197, 3198, 3199]
-        );
+        assert!(stored.len() >= 200, "most events are stored: {}", stored.len());
+        stored.sort_unstable();
+        let newest: Vec<u64> = stored[stored.len() - 16..].to_vec();
+        assert_eq!(times(&EventLog::new(&*store), "hot"), newest, "the ring keeps exactly the newest 16 stored");
     }
 }
