@@ -22,11 +22,8 @@ import pytest
 import yaml
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
-from opentelemetry.metrics import Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
 
+from test_conformance import sdk_export
 from fleet import (ROOT, WASM, Envoy, agent_push, free_port, load_envoy, render_envoy, request, scrape, start_serving,
                    wait_for)
 from frontdoors import Standalone
@@ -217,20 +214,6 @@ def test_rotation_without_restart_keeps_a_push_in_flight(pki):
 
 # === OpenTelemetry SDK exporters over mTLS ===
 
-def sdk_export(exporter, node: str, cluster: str = "otel-tls", score: float = 0.9) -> bool:
-    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
-    resource = Resource.create({"ingero.node.id": node, "ingero.cluster.id": cluster})
-    provider = MeterProvider(resource=resource, metric_readers=[reader])
-    provider.get_meter("ingero.health").create_observable_gauge(
-        "ingero.node.health_score",
-        callbacks=[lambda _options: [Observation(score, {"ingero.node.state": "active"})]],
-    )
-    try:
-        return provider.force_flush(timeout_millis=5000)
-    finally:
-        provider.shutdown()
-
-
 def test_otel_sdk_exporters_push_over_mtls(pki):
     with Standalone(tls_config(pki)) as server:
         p = server.ports
@@ -238,14 +221,14 @@ def test_otel_sdk_exporters_push_over_mtls(pki):
                                      certificate_file=pki.path("ca.crt"),
                                      client_certificate_file=pki.path("agent.crt"),
                                      client_key_file=pki.path("agent.key"), timeout=5)
-        assert sdk_export(http_exporter, "sdk-http")
+        assert sdk_export(http_exporter, "sdk-http", "otel-tls", 0.9)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=(pki.dir / "ca.crt").read_bytes(),
             private_key=(pki.dir / "agent.key").read_bytes(),
             certificate_chain=(pki.dir / "agent.crt").read_bytes())
         grpc_exporter = GrpcExporter(endpoint=f"localhost:{p['otlp_grpc']}", credentials=credentials,
                                      insecure=False, timeout=5)
-        assert sdk_export(grpc_exporter, "sdk-grpc")
+        assert sdk_export(grpc_exporter, "sdk-grpc", "otel-tls", 0.9)
         # Each exporter's push arrived (force_flush alone does not say the export succeeded).
         assert scrape(p["metrics"])["ingero_fleet_total_pushes"] == 2
 
