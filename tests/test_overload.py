@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import statistics
+import threading
 import time
 
 import h2.config
@@ -198,6 +199,33 @@ def heap_in_use(envoy) -> int:
     return int(m["heap_size"]) - int(m["pageheap_free"]) - int(m["pageheap_unmapped"])
 
 
+class HeapWatch:
+    """Samples the heap and the stop_accepting_requests action every 20 ms in the
+    background: the action is on only while the heap is over 95 %, which the
+    timeouts end within a second, so sampling between uploads can miss it."""
+
+    def __init__(self, envoy):
+        self.envoy, self.peak, self.overloaded, self.done = envoy, 0, False, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            try:
+                self.peak = max(self.peak, heap_in_use(self.envoy))
+                self.overloaded |= self.envoy.stat(
+                    "overload.envoy.overload_actions.stop_accepting_requests.active") == 1
+            except OSError:
+                pass  # the admin port is busy too; the next sample tells
+
+    def __enter__(self) -> "HeapWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def test_stalled_uploads_cannot_grow_the_heap_past_the_overload_limit():
     config = render_envoy({}, {"otlp_http": free_port(), "api": free_port(), "metrics": free_port()}, free_port())
     heap = next(m for m in config["overload_manager"]["resource_monitors"]
@@ -205,10 +233,10 @@ def test_stalled_uploads_cannot_grow_the_heap_past_the_overload_limit():
     heap["typed_config"]["max_heap_size_bytes"] = HEAP_LIMIT
     push_port = next(x for x in config["static_resources"]["listeners"] if x["name"] == "otlp_http")[
         "address"]["socket_address"]["port_value"]
-    with Envoy(config, concurrency=2) as envoy:
-        peak, overloaded, uploads = 0, False, []
+    with Envoy(config, concurrency=2) as envoy, HeapWatch(envoy) as watch:
+        uploads = []
         try:
-            for i in range(UPLOADS):
+            for _ in range(UPLOADS):
                 s = socket.create_connection(("127.0.0.1", push_port))
                 s.settimeout(0.5)
                 uploads.append(s)
@@ -218,9 +246,10 @@ def test_stalled_uploads_cannot_grow_the_heap_past_the_overload_limit():
                               + b" " * (1 << 20))
                 except OSError:
                     pass
-                if i % 10 == 9:
-                    peak = max(peak, heap_in_use(envoy))
-                    overloaded |= envoy.stat("overload.envoy.overload_actions.stop_accepting_requests.active") == 1
+            # The manager acts on its next refresh, which a busy machine may delay.
+            wait_for(lambda: watch.overloaded or watch.peak < 0.95 * HEAP_LIMIT, timeout=2,
+                     what="the overload manager to act on the heap it sampled")
+            peak, overloaded = watch.peak, watch.overloaded
             print(f"\nheap peak {peak >> 20} MiB (limit {HEAP_LIMIT >> 20} MiB)")
             assert overloaded, "the overload manager never engaged"
             assert peak < HEAP_BOUND, f"heap reached {peak >> 20} MiB"
