@@ -4,6 +4,7 @@
 //! configuration, the dynamic module's filter config and the standalone
 //! server's YAML file (converted to JSON).
 
+use crate::otlp::json_value;
 use serde_json::{Map, Value};
 use std::time::Duration;
 use thiserror::Error;
@@ -244,7 +245,7 @@ impl Config {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Parsed { config: Config::default(), warnings: Vec::new() });
         }
-        let value: Value = serde_json::from_slice(bytes)
+        let value = json_value(bytes)
             .map_err(|e| ConfigError { problems: vec![format!("configuration is not valid JSON: {e}")] })?;
         Self::from_value(&value)
     }

@@ -219,6 +219,12 @@ impl Exchange {
         }
     }
 
+    /// Whether [`Exchange::on_response_headers`] has anything to do: only an observed
+    /// push waits for the upstream's answer (a host may skip reading the status otherwise).
+    pub fn awaits_response(&self) -> bool {
+        matches!(self.state, State::Copying(..) | State::Scored(_) | State::Unscored(_))
+    }
+
     /// Observe mode: the upstream's response head. A push is stored only if the
     /// upstream accepted it (2xx); the response gains the cluster's threshold.
     pub fn on_response_headers<S: SharedStore, C: CounterSink>(

@@ -7,6 +7,8 @@ mod json;
 mod json_scan;
 mod proto;
 
+pub use json_scan::value as json_value;
+
 pub use proto::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse, RpcStatus};
 
 use crate::error::FleetError;
@@ -157,6 +159,20 @@ impl<'a> ExportRequest<'a> {
                 }
             }
             (scan, serde) => Err(format!("one refused: scan {scan:?}, serde {serde:?}")),
+        }
+    }
+
+    /// Whether [`json_value`] reads `body` as `serde_json::from_slice` does: `Ok(true)`
+    /// when both give the same value (compared through `Debug`, so `-0.0` and
+    /// integer kinds count), `Ok(false)` when both refuse it, or when the scanner
+    /// alone refuses a document nested deeper than its limit; `Err` says how they
+    /// differ otherwise. The differential test and the fuzz target call it.
+    pub fn json_values_agree(body: &[u8]) -> Result<bool, String> {
+        match (json_value(body), serde_json::from_slice::<serde_json::Value>(body)) {
+            (Ok(scan), Ok(serde)) if format!("{scan:?}") == format!("{serde:?}") => Ok(true),
+            (Err(_), Err(_)) => Ok(false),
+            (Err(scan), Ok(_)) if scan.starts_with("nesting deeper than") => Ok(false),
+            (scan, serde) => Err(format!("read differently: scan {scan:?}, serde {serde:?}")),
         }
     }
 

@@ -155,6 +155,14 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         Self { store, shards, shard_cap, seed: OnceCell::new() }
     }
 
+    /// The same registry with the deployment's hash seed already known (read once per process).
+    pub fn with_seed(self, seed: Option<HashSeed>) -> Self {
+        if let Some(seed) = seed {
+            let _ = self.seed.set(seed);
+        }
+        self
+    }
+
     /// Number of shard keys.
     pub fn shard_count(&self) -> u32 {
         self.shards

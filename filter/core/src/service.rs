@@ -14,10 +14,11 @@ use crate::push::{check_size, extract, names_a_cluster, PushBatch};
 use crate::read_cache::Reads;
 use crate::registry::{Admission, Registry};
 use crate::reply::Reply;
+use crate::seed::HashSeed;
 use crate::store::{SharedStore, StoreError, KEY_PREFIX};
 use crate::threshold::{CohortTally, ThresholdBook};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 /// The dashboard: one self-contained page that reads the listing API.
 const DASHBOARD_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dashboard.html.gz"));
@@ -131,12 +132,15 @@ pub struct Fleet<S, C> {
     books: BookCache,
     /// `/metrics`' cohorts and the cluster listing, rendered once per book.
     reads: Reads,
+    /// The deployment's hash seed once [`Fleet::init`] has read it: it never
+    /// changes, so a push does not read it from the store again.
+    seed: OnceLock<HashSeed>,
 }
 
 impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// A service; call [`Fleet::init`] once before serving.
     pub fn new(config: Config, store: S, counters: C) -> Self {
-        Self { config, store, counters, books: BookCache::default(), reads: Reads::default() }
+        Self { config, store, counters, books: BookCache::default(), reads: Reads::default(), seed: OnceLock::new() }
     }
 
     /// The counters this service records into.
@@ -151,12 +155,16 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
 
     /// The registry of tracked nodes.
     pub fn registry(&self) -> Registry<'_, S> {
-        Registry::new(&self.store, self.config.max_expected_nodes)
+        Registry::new(&self.store, self.config.max_expected_nodes).with_seed(self.seed.get().copied())
     }
 
     /// Creates the shared keys that do not exist yet.
     pub fn init(&self) -> Result<(), StoreError> {
-        self.registry().init()?;
+        let registry = self.registry();
+        registry.init()?;
+        if let Ok(seed) = registry.seed() {
+            let _ = self.seed.set(seed);
+        }
         for key in [epoch_key(), book_key()].into_iter().chain(EventLog::<S>::keys()) {
             if self.store.get(&key)?.is_none() {
                 self.store.set(&key, &[], None)?;

@@ -1,6 +1,8 @@
 //! The OTLP JSON scanner against the serde reference: on every input, valid or
 //! not, both decode to the same request or both refuse with the same error
-//! variant and status (`ExportRequest::json_decoders_agree`). Inputs: the
+//! variant and status (`ExportRequest::json_decoders_agree`); and the scanner's
+//! reader of any JSON value (the configuration's) reads each input as
+//! `serde_json::from_slice` does (`ExportRequest::json_values_agree`). Inputs: the
 //! decoder tests' bodies, the JSON bodies of the bad-input suite
 //! (tests/test_bad_input.py) built the same way, hand-picked corner cases of
 //! serde's rules, and generated documents, valid and mutated.
@@ -13,6 +15,8 @@ use proptest::test_runner::Config as ProptestConfig;
 
 /// Asserts agreement on `body`; true when it decoded.
 fn check(body: &[u8]) -> bool {
+    let values = ExportRequest::json_values_agree(body);
+    assert!(values.is_ok(), "value readers disagree on {:?}: {values:?}", String::from_utf8_lossy(body));
     let agreement = ExportRequest::json_decoders_agree(body);
     assert!(agreement.is_ok(), "decoders disagree on {:?}: {agreement:?}", String::from_utf8_lossy(body));
     agreement.unwrap_or(false)

@@ -56,6 +56,9 @@ impl Stream {
 
     /// The upstream's response head (observe mode).
     pub fn on_response_headers(&mut self, envoy: &mut impl Envoy) -> Flow {
+        if !self.exchange.awaits_response() {
+            return Flow::Continue; // a local reply, or a request Fleet passed on
+        }
         let status = envoy.response_status().unwrap_or(0);
         self.exchange.on_response_headers(self.front.fleet(), envoy, status)
     }

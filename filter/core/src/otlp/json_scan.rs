@@ -22,6 +22,7 @@
 use super::json::{any_value, check_object, check_utf8, metric, number_point, too_deep, Lenient, MAX_DEPTH};
 use super::{ExportRequest, KeyValue, NumberPoint, ResourceMetrics};
 use crate::error::FleetError;
+use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
 
 pub(super) fn decode(body: &[u8]) -> Result<ExportRequest<'_>, FleetError> {
@@ -31,6 +32,19 @@ pub(super) fn decode(body: &[u8]) -> Result<ExportRequest<'_>, FleetError> {
     slowdown(body);
     let mut scanner = Scanner { text, bytes: body, pos: 0, depth: 0 };
     scanner.request().map_err(|fail| fail.into_error(body))
+}
+
+/// Any JSON document as the `serde_json::Value` that `serde_json::from_slice`
+/// gives (`tests/json_differential.rs` checks that), read by this scanner so the
+/// filter carries no JSON deserializer besides it. Nesting stops at 64 levels.
+pub fn value(body: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    let mut scanner = Scanner { text, bytes: body, pos: 0, depth: 0 };
+    let read = scanner.any().and_then(|value| match scanner.ws() {
+        Some(_) => scanner.fail("trailing characters"),
+        None => Ok(value),
+    });
+    read.map_err(|fail| fail.message(body))
 }
 
 /// A deliberate regression, compiled only with the `perf-guard-slowdown` feature
@@ -56,10 +70,19 @@ impl Fail {
         if self.what == TOO_DEEP {
             return too_deep();
         }
+        FleetError::BadJson(self.message(body))
+    }
+
+    /// What was refused, and at which line and column.
+    #[cold]
+    fn message(self, body: &[u8]) -> String {
+        if self.what == TOO_DEEP {
+            return format!("nesting deeper than {MAX_DEPTH} levels");
+        }
         let before = &body[..self.at.min(body.len())];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
         let column = before.len() - before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
-        FleetError::BadJson(format!("{} at line {line} column {column}", self.what))
+        format!("{} at line {line} column {column}", self.what)
     }
 }
 
@@ -394,6 +417,48 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Any value, kept whole.
+    fn any(&mut self) -> Scan<Value> {
+        Ok(match self.ws() {
+            Some(b'"') => Value::String(self.strict_string()?.into_owned()),
+            Some(b'-' | b'0'..=b'9') => {
+                let start = self.pos;
+                match self.number()? {
+                    Lenient::Int(i) => Value::from(i),
+                    // serde_json keeps a whole number above i64::MAX exactly, as a u64.
+                    Lenient::Float(f) => match self.slice(start, self.pos)?.parse::<u64>() {
+                        Ok(u) => Value::from(u),
+                        Err(_) => match Number::from_f64(f) {
+                            Some(n) => Value::Number(n),
+                            None => return self.fail("number out of range"),
+                        },
+                    },
+                    _ => return self.fail("invalid number"),
+                }
+            }
+            Some(b'n') => self.literal(b"null").map(|()| Value::Null)?,
+            Some(b't') => self.literal(b"true").map(|()| Value::Bool(true))?,
+            Some(b'f') => self.literal(b"false").map(|()| Value::Bool(false))?,
+            Some(b'[') => {
+                let mut items = Vec::new();
+                self.list(|s| {
+                    items.push(s.any()?);
+                    Ok(())
+                })?;
+                Value::Array(items)
+            }
+            Some(b'{') => {
+                let mut map = Map::new();
+                self.object(|s, key| {
+                    map.insert(key.into_owned(), s.any()?);
+                    Ok(())
+                })?;
+                Value::Object(map)
+            }
+            _ => return self.fail("expected value"),
+        })
+    }
+
     /// Skips any value as serde_json's `ignore_value` does: syntax only, lenient escapes.
     fn skip(&mut self) -> Scan<()> {
         match self.ws() {
@@ -658,10 +723,11 @@ impl<'a> Scanner<'a> {
             let value = significand as f64 / POW10[fraction_digits];
             return Ok(Lenient::Float(if negative { -value } else { value }));
         }
-        // Long or exponent forms are rare: serde_json itself reads the token.
-        match serde_json::from_str::<f64>(self.slice(start, self.pos)?) {
-            Ok(value) => Ok(Lenient::Float(value)),
-            Err(_) => self.fail("number out of range"),
+        // Long or exponent forms are rare: Rust's parser rounds them correctly, as
+        // serde_json's float_roundtrip does, and an infinite value is refused as serde_json refuses it.
+        match self.slice(start, self.pos)?.parse::<f64>() {
+            Ok(value) if value.is_finite() => Ok(Lenient::Float(value)),
+            _ => self.fail("number out of range"),
         }
     }
 

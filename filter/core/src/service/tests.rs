@@ -375,3 +375,42 @@ fn a_push_refused_from_its_head_is_answered_in_its_own_encoding() {
     let status = status.unwrap_or_else(|e| unreachable!("{e}"));
     assert!(status.contains("Content-Encoding"), "{status}");
 }
+
+/// A store that notes every key read.
+#[derive(Default)]
+struct ReadLog {
+    store: MemoryStore,
+    reads: std::sync::Mutex<Vec<String>>,
+}
+
+impl SharedStore for ReadLog {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        self.reads.lock().unwrap_or_else(PoisonError::into_inner).push(key.to_owned());
+        self.store.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], version: Option<u32>) -> Result<(), StoreError> {
+        self.store.set(key, value, version)
+    }
+
+    fn entropy(&self) -> Result<[u8; crate::store::SEED_BYTES], StoreError> {
+        self.store.entropy()
+    }
+}
+
+#[test]
+fn a_push_reads_only_its_shard_once_the_seed_is_known() {
+    let fleet = Fleet::new(Config::default(), ReadLog::default(), MemoryCounters::default());
+    assert_eq!(fleet.init(), Ok(()));
+    let reads = || std::mem::take(&mut *fleet.store.reads.lock().unwrap_or_else(PoisonError::into_inner));
+    let _ = reads();
+    let body = agent_json("n1", "0.9");
+    let head = head("POST", "/v1/metrics?cluster_id=c1", Some("application/json"));
+    assert_eq!(fleet.handle(&head, body.as_bytes(), 1_000).map(|a| a.reply.status), Some(200));
+    let read = reads();
+    assert!(!read.contains(&crate::seed::seed_key()), "the seed is read once, at init: {read:?}");
+    // The node's shard, then the cluster table to admit the new node.
+    assert_eq!(read.len(), 2, "{read:?}");
+    assert_eq!(fleet.handle(&head, body.as_bytes(), 2_000).map(|a| a.reply.status), Some(200));
+    assert_eq!(reads().len(), 1, "an update reads its shard only");
+}
