@@ -316,25 +316,44 @@ impl Exchange {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::metrics::{Counter, MemoryCounters};
-    use crate::otlp::tests::agent_json;
-    use crate::store::MemoryStore;
+/// A proxy stream for tests of the core and of every front door's glue.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use super::{Answer, Host, Reply};
 
-    type TestFleet = Fleet<MemoryStore, MemoryCounters>;
-
-    /// A proxy stream as the exchange sees it, recording what it is told to do.
+    /// A request as a proxy presents it, recording what the exchange tells the proxy to do.
     #[derive(Default)]
-    struct FakeHost {
-        body: Vec<u8>,
-        replies: Vec<Reply>,
-        added: Vec<(&'static str, String)>,
+    pub struct RecordingHost {
+        /// The request head, as (name, value) pairs with `:method` and `:path`.
+        pub headers: Vec<(String, String)>,
+        /// The body the proxy holds so far.
+        pub body: Vec<u8>,
+        /// The upstream's response status (observe mode).
+        pub status: Option<u16>,
+        /// Every local reply sent.
+        pub replies: Vec<Reply>,
+        /// Every header added to the upstream's response.
+        pub added: Vec<(&'static str, String)>,
     }
 
-    impl Host for FakeHost {
+    impl RecordingHost {
+        /// A request head; an empty `content_type` sends none.
+        pub fn request(method: &str, path: &str, content_type: &str) -> Self {
+            let mut headers = vec![(":method".into(), method.into()), (":path".into(), path.into())];
+            if !content_type.is_empty() {
+                headers.push(("content-type".into(), content_type.into()));
+            }
+            Self { headers, ..Self::default() }
+        }
+
+        /// The one local reply sent.
+        pub fn reply(&self) -> &Reply {
+            assert_eq!(self.replies.len(), 1, "exactly one reply");
+            &self.replies[0]
+        }
+    }
+
+    impl Host for RecordingHost {
         fn body_len(&self) -> usize {
             self.body.len()
         }
@@ -351,6 +370,18 @@ mod tests {
             1_000
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::RecordingHost;
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::{Counter, MemoryCounters};
+    use crate::otlp::tests::agent_json;
+    use crate::store::MemoryStore;
+
+    type TestFleet = Fleet<MemoryStore, MemoryCounters>;
 
     fn fleet(json: &str) -> TestFleet {
         let config = Config::from_json(json.as_bytes()).map(|p| p.config).unwrap_or_else(|e| unreachable!("{e}"));
@@ -373,7 +404,7 @@ mod tests {
     }
 
     /// Streams a push in two pieces; in observe mode the host sees each piece alone.
-    fn stream_push(fleet: &TestFleet, host: &mut FakeHost, body: &[u8], observe: bool) -> (Exchange, Vec<Flow>) {
+    fn stream_push(fleet: &TestFleet, host: &mut RecordingHost, body: &[u8], observe: bool) -> (Exchange, Vec<Flow>) {
         let mut exchange = Exchange::default();
         let mut flows = vec![exchange.on_request_headers(fleet, host, &push_head("application/json"), false)];
         let (first, second) = body.split_at(body.len() / 2);
@@ -391,7 +422,7 @@ mod tests {
     #[test]
     fn terminate_holds_the_push_and_answers_at_its_end() {
         let fleet = fleet("{}");
-        let mut host = FakeHost::default();
+        let mut host = RecordingHost::default();
         let (_, flows) = stream_push(&fleet, &mut host, agent_json("n1", "0.9").as_bytes(), false);
         assert_eq!(flows, [Flow::Hold, Flow::Hold, Flow::Stop]);
         assert_eq!(host.replies.iter().map(|r| r.status).collect::<Vec<_>>(), [200]);
@@ -402,7 +433,7 @@ mod tests {
     #[test]
     fn terminate_refuses_a_body_growing_past_the_limit_and_counts_it() {
         let fleet = fleet(r#"{"max_body_bytes": 1024}"#);
-        let mut host = FakeHost::default();
+        let mut host = RecordingHost::default();
         let (_, flows) = stream_push(&fleet, &mut host, &[b' '; 3000], false);
         assert_eq!(flows, [Flow::Hold, Flow::Stop, Flow::Continue]);
         assert_eq!(host.replies.iter().map(|r| r.status).collect::<Vec<_>>(), [413]);
@@ -413,7 +444,7 @@ mod tests {
     fn observe_stores_a_push_only_once_the_upstream_accepts_it() {
         let fleet = fleet(r#"{"mode": "observe"}"#);
         for (status, tracked) in [(503, 0), (200, 1)] {
-            let mut host = FakeHost::default();
+            let mut host = RecordingHost::default();
             let (mut exchange, flows) = stream_push(&fleet, &mut host, agent_json("n1", "0.9").as_bytes(), true);
             assert_eq!(flows, [Flow::Continue; 3], "the push flows on untouched");
             assert_eq!(fleet.registry().tracked_nodes(), Ok(0), "nothing stored before the upstream answers");
@@ -429,14 +460,14 @@ mod tests {
     fn observe_adds_the_threshold_to_the_upstream_answer_once_there_is_one() {
         let fleet = fleet(r#"{"mode": "observe", "threshold": {"ema_alpha": 1.0}}"#);
         for (i, score) in [0.9, 0.85, 0.95, 0.92, 0.88].iter().enumerate() {
-            let mut host = FakeHost::default();
+            let mut host = RecordingHost::default();
             let body = agent_json(&format!("n{i}"), &score.to_string());
             let (mut exchange, _) = stream_push(&fleet, &mut host, body.as_bytes(), true);
             exchange.on_response_headers(&fleet, &mut host, 200);
             assert!(host.added.is_empty(), "no header before quorum");
         }
         assert!(fleet.tick(10_000).is_ok_and(|book| book.is_some()));
-        let mut host = FakeHost::default();
+        let mut host = RecordingHost::default();
         let (mut exchange, _) = stream_push(&fleet, &mut host, agent_json("n0", "0.9").as_bytes(), true);
         exchange.on_response_headers(&fleet, &mut host, 200);
         let names: Vec<_> = host.added.iter().map(|(n, _)| *n).collect();
@@ -447,7 +478,7 @@ mod tests {
     #[test]
     fn observe_forwards_what_it_cannot_score_and_counts_it() {
         let fleet = fleet(r#"{"mode": "observe", "max_body_bytes": 1024}"#);
-        let mut host = FakeHost::default();
+        let mut host = RecordingHost::default();
         let (mut exchange, flows) = stream_push(&fleet, &mut host, &[b' '; 3000], true);
         assert_eq!(flows, [Flow::Continue; 3]);
         exchange.on_response_headers(&fleet, &mut host, 200);
@@ -463,7 +494,7 @@ mod tests {
     #[test]
     fn a_listener_answers_only_its_routes() {
         let fleet = fleet(r#"{"routes": ["push"]}"#);
-        let mut host = FakeHost::default();
+        let mut host = RecordingHost::default();
         let query = RequestHead { method: "GET", path: "/api/v1/threshold?cluster_id=c1", ..RequestHead::default() };
         assert_eq!(Exchange::default().on_request_headers(&fleet, &mut host, &query, true), Flow::Continue);
         let scrape = RequestHead { method: "GET", path: "/metrics", ..RequestHead::default() };
@@ -481,7 +512,7 @@ mod tests {
         assert_eq!(held.overdue(1_000 + BODY_WAIT_MS - 1), Vec::<u32>::new());
         assert_eq!(held.overdue(1_000 + BODY_WAIT_MS), [1]);
         assert_eq!(held.overdue(10_000), [3], "each overdue stream is answered once");
-        let (fleet, mut host) = (fleet("{}"), FakeHost::default());
+        let (fleet, mut host) = (fleet("{}"), RecordingHost::default());
         answer_body_never_came(&fleet, &mut host);
         assert_eq!(host.replies.iter().map(|r| r.status).collect::<Vec<_>>(), [500]);
         assert_eq!(dropped(&fleet, DropReason::HostConfig), 1);
@@ -490,7 +521,7 @@ mod tests {
     #[test]
     fn a_proxy_refuses_grpc_it_cannot_answer() {
         let fleet = fleet("{}");
-        let mut host = FakeHost::default();
+        let mut host = RecordingHost::default();
         let flow = Exchange::default().on_request_headers(&fleet, &mut host, &push_head("application/grpc"), false);
         assert_eq!(flow, Flow::Stop);
         assert_eq!(host.replies.iter().map(|r| r.status).collect::<Vec<_>>(), [415]);

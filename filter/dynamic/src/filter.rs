@@ -67,51 +67,7 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ingero_fleet_core::reply::Reply;
-    use ingero_fleet_core::Answer;
-
-    /// A request as Envoy would present it, recording what the stream sends back.
-    #[derive(Default)]
-    struct FakeEnvoy {
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-        status: Option<u16>,
-        replies: Vec<Reply>,
-        added: Vec<(&'static str, String)>,
-    }
-
-    impl FakeEnvoy {
-        fn request(method: &str, path: &str, content_type: &str) -> Self {
-            let mut headers = vec![(":method".into(), method.into()), (":path".into(), path.into())];
-            if !content_type.is_empty() {
-                headers.push(("content-type".into(), content_type.into()));
-            }
-            Self { headers, ..Self::default() }
-        }
-
-        fn reply(&self) -> &Reply {
-            assert_eq!(self.replies.len(), 1, "exactly one reply");
-            &self.replies[0]
-        }
-    }
-
-    impl Host for FakeEnvoy {
-        fn body_len(&self) -> usize {
-            self.body.len()
-        }
-        fn body(&self) -> Result<Vec<u8>, String> {
-            Ok(self.body.clone())
-        }
-        fn send_reply(&mut self, answer: &Answer) {
-            self.replies.push(answer.reply.clone());
-        }
-        fn add_response_header(&mut self, name: &'static str, value: &str) {
-            self.added.push((name, value.to_owned()));
-        }
-        fn now_ms(&self) -> u64 {
-            1_000
-        }
-    }
+    use ingero_fleet_core::exchange::testing::RecordingHost as FakeEnvoy;
 
     impl Envoy for FakeEnvoy {
         fn request_headers(&self) -> Vec<(&[u8], &[u8])> {
