@@ -21,6 +21,7 @@ pub mod registry;
 pub mod reply;
 pub mod seed;
 pub mod service;
+pub mod shard;
 pub mod stats;
 pub mod store;
 pub mod threshold;

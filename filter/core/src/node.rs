@@ -97,7 +97,6 @@ impl NodeRecord {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LiveNode<'a> {
     pub cluster: &'a str,
-    pub node: &'a str,
     pub cohort: &'a str,
     pub score: f64,
     pub state: NodeState,
@@ -109,7 +108,6 @@ impl NodeRecord {
     pub fn live_node(&self) -> LiveNode<'_> {
         LiveNode {
             cluster: &self.cluster,
-            node: &self.node,
             cohort: &self.cohort,
             score: self.score,
             state: self.state,

@@ -16,11 +16,11 @@
 
 use crate::config::NodeCaps;
 use crate::error::FleetError;
-use crate::node::{LiveNode, NodeRecord, NodeScore, NodeState, DETAIL_GAUGES};
+use crate::node::{LiveNode, NodeRecord, NodeScore};
 use crate::outcome::DropReason;
 use crate::seed::HashSeed;
-use crate::store::{decode, encode, update, SharedStore, StoreError, Update, KEY_PREFIX};
-use serde::{Deserialize, Serialize};
+use crate::shard::{self, Record, ShardError};
+use crate::store::{update, SharedStore, StoreError, Update, KEY_PREFIX};
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
@@ -31,69 +31,6 @@ const NODES_PER_SHARD: u32 = 8;
 /// shards holds ~15 of 10 000 nodes, so the cap is only reached by an attack.
 const SHARD_CAP_FACTOR: u32 = 4;
 const MIN_SHARD_CAP: u32 = 32;
-
-/// A stored record read without copying its text. Its layout is
-/// [`NodeRecord`]'s field for field (postcard has no field names), which
-/// `record_views_read_and_write_records` checks.
-#[derive(Serialize, Deserialize)]
-struct RecordView<'a> {
-    cluster: &'a str,
-    node: &'a str,
-    cohort: &'a str,
-    score: f64,
-    state: NodeState,
-    last_seen_ms: u64,
-    #[serde(borrow)]
-    details: DetailsView<'a>,
-}
-
-/// [`NodeDetails`] without copying its text.
-#[derive(Serialize, Deserialize)]
-struct DetailsView<'a> {
-    rank: Option<i64>,
-    world_size: Option<i64>,
-    #[serde(borrow)]
-    gpu_model: Option<&'a str>,
-    gpu_count: Option<i64>,
-    #[serde(borrow)]
-    detection_mode: Option<&'a str>,
-    gauges: [Option<f64>; DETAIL_GAUGES.len()],
-}
-
-impl NodeRecord {
-    fn view(&self) -> RecordView<'_> {
-        let d = &self.details;
-        RecordView {
-            cluster: &self.cluster,
-            node: &self.node,
-            cohort: &self.cohort,
-            score: self.score,
-            state: self.state,
-            last_seen_ms: self.last_seen_ms,
-            details: DetailsView {
-                rank: d.rank,
-                world_size: d.world_size,
-                gpu_model: d.gpu_model.as_deref(),
-                gpu_count: d.gpu_count,
-                detection_mode: d.detection_mode.as_deref(),
-                gauges: d.gauges,
-            },
-        }
-    }
-}
-
-impl RecordView<'_> {
-    fn live_node(&self) -> LiveNode<'_> {
-        LiveNode {
-            cluster: self.cluster,
-            node: self.node,
-            cohort: self.cohort,
-            score: self.score,
-            state: self.state,
-            world_size: self.details.world_size,
-        }
-    }
-}
 
 /// What happened to a reported score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,16 +130,15 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         let seed = self.seed()?;
         let key = shard_key(self.shard_of(&seed, &score.cluster, &score.node));
         let cluster = cluster_hash(&seed, &score.cluster);
-        let fresh = NodeRecord::new(score, now_ms);
+        let fresh = shard::encode(&NodeRecord::new(score, now_ms)).map_err(|e| unreadable(&key, "encoded", e))?;
         let mut reserved = false;
         let result = update(self.store, &key, |bytes| {
-            // The shard's other records are carried over as borrowed views, never copied.
-            let mut records: Vec<RecordView<'_>> = decode(&key, bytes.unwrap_or(&[]))?;
-            let admission = match records.iter().position(|r| r.node == score.node && r.cluster == score.cluster) {
-                Some(at) => {
-                    records[at] = fresh.view();
-                    Admission::Updated
-                }
+            // The shard's other records are copied as they are, never decoded.
+            let bytes = bytes.unwrap_or(&[]);
+            let records = read_shard(&key, bytes)?;
+            let found = records.iter().position(|r| r.is_node(&score.cluster, &score.node));
+            let admission = match found {
+                Some(_) => Admission::Updated,
                 None if records.len() >= self.shard_cap => {
                     return Ok(Update::Keep(Admission::OverCapacity(NodeCap::Shard)))
                 }
@@ -213,11 +149,17 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
                         }
                         reserved = true;
                     }
-                    records.push(fresh.view());
                     Admission::Inserted
                 }
             };
-            Ok(Update::Write(encode(&key, &records)?, admission))
+            let mut written = Vec::with_capacity(bytes.len() + fresh.len());
+            for (at, record) in records.iter().enumerate() {
+                written.extend_from_slice(if Some(at) == found { &fresh } else { record.bytes() });
+            }
+            if found.is_none() {
+                written.extend_from_slice(&fresh);
+            }
+            Ok(Update::Write(written, admission))
         });
         if reserved && result != Ok(Admission::Inserted) {
             // Another worker inserted this node first, or the write failed: give the slot back.
@@ -233,9 +175,11 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
     pub fn sweep(&self, now_ms: u64, ttl_ms: u64, mut visit: impl FnMut(LiveNode<'_>)) -> Result<(), FleetError> {
         let seed = self.seed()?;
         let mut expired = Vec::new();
-        let swept = (0..self.shards)
-            .map(shard_key)
-            .try_for_each(|key| self.sweep_shard(&seed, &key, now_ms, ttl_ms, &mut visit, &mut expired));
+        let mut key = String::new();
+        let swept = (0..self.shards).try_for_each(|index| {
+            write_shard_key(&mut key, index);
+            self.sweep_shard(&seed, &key, now_ms, ttl_ms, &mut visit, &mut expired)
+        });
         self.release(&expired)?;
         swept
     }
@@ -245,7 +189,9 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         let mut all = Vec::new();
         for key in (0..self.shards).map(shard_key) {
             if let Some((bytes, _)) = self.store.get(&key)? {
-                all.extend(decode::<Vec<NodeRecord>>(&key, &bytes)?);
+                for record in read_shard(&key, &bytes)? {
+                    all.push(record.to_node_record().map_err(|e| unreadable(&key, "decoded", e))?);
+                }
             }
         }
         Ok(all)
@@ -281,21 +227,33 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         visit: &mut impl FnMut(LiveNode<'_>),
         expired: &mut Vec<u64>,
     ) -> Result<(), FleetError> {
-        let live = |r: &RecordView<'_>| now_ms.saturating_sub(r.last_seen_ms) <= ttl_ms;
+        let live = |r: &Record<'_>| now_ms.saturating_sub(r.last_seen_ms()) <= ttl_ms;
+        let unreadable = |e: ShardError| FleetError::from(unreadable(key, "decoded", e));
         let rewritten = update(self.store, key, |bytes| {
-            let records: Vec<RecordView<'_>> = decode(key, bytes.unwrap_or(&[]))?;
-            if records.iter().all(live) {
-                records.iter().for_each(|r| visit(r.live_node()));
+            let bytes = bytes.unwrap_or(&[]);
+            // Most shards have nothing to expire: read them in place, with no allocation.
+            if shard::records(bytes).all(|r| r.as_ref().is_ok_and(live)) {
+                for record in shard::records(bytes) {
+                    visit(record.and_then(|r| r.live_node()).map_err(unreadable)?);
+                }
                 return Ok::<_, FleetError>(Update::Keep(None));
             }
-            let (kept, gone): (Vec<_>, Vec<_>) = records.into_iter().partition(live);
-            let bytes = encode(key, &kept)?;
-            let gone: Vec<u64> = gone.iter().map(|r| cluster_hash(seed, r.cluster)).collect();
-            Ok(Update::Write(bytes.clone(), Some((bytes, gone))))
+            let records = read_shard(key, bytes)?;
+            let (mut kept, mut gone) = (Vec::new(), Vec::new());
+            for record in &records {
+                if live(record) {
+                    kept.extend_from_slice(record.bytes());
+                } else {
+                    gone.push(cluster_hash(seed, record.cluster().map_err(unreadable)?));
+                }
+            }
+            Ok(Update::Write(kept.clone(), Some((kept, gone))))
         })?;
         if let Some((bytes, gone)) = rewritten {
             expired.extend(gone);
-            decode::<Vec<RecordView<'_>>>(key, &bytes)?.iter().for_each(|r| visit(r.live_node()));
+            for record in read_shard(key, &bytes)? {
+                visit(record.live_node().map_err(unreadable)?);
+            }
         }
         Ok(())
     }
@@ -420,8 +378,26 @@ fn cluster_hash(seed: &HashSeed, cluster: &str) -> u64 {
     seed.hash(&["cluster", cluster])
 }
 
+/// A shard's records; an unreadable one is an error naming the key, never read as empty.
+fn read_shard<'a>(key: &str, bytes: &'a [u8]) -> Result<Vec<Record<'a>>, StoreError> {
+    shard::records(bytes).collect::<Result<_, _>>().map_err(|e| unreadable(key, "decoded", e))
+}
+
+fn unreadable(key: &str, action: &'static str, reason: ShardError) -> StoreError {
+    StoreError::Format { key: key.to_owned(), action, reason }
+}
+
 fn shard_key(index: u32) -> String {
-    format!("{KEY_PREFIX}shard/{index}")
+    let mut key = String::new();
+    write_shard_key(&mut key, index);
+    key
+}
+
+/// Writes shard `index`'s key into `key`, reusing its allocation.
+fn write_shard_key(key: &mut String, index: u32) {
+    use std::fmt::Write;
+    key.clear();
+    let _ = write!(key, "{KEY_PREFIX}shard/{index}"); // writing to a String cannot fail
 }
 
 fn clusters_key() -> String {
@@ -431,7 +407,7 @@ fn clusters_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::NodeDetails;
+    use crate::node::{NodeDetails, NodeState};
     use crate::store::MemoryStore;
 
     fn caps(nodes: u32) -> NodeCaps {
@@ -440,27 +416,12 @@ mod tests {
 
     /// Sweeps and returns the live nodes' ids.
     fn live(reg: &Registry<'_, MemoryStore>, now_ms: u64, ttl_ms: u64) -> Vec<String> {
-        let mut live = Vec::new();
-        assert_eq!(reg.sweep(now_ms, ttl_ms, |n| live.push(n.node.to_owned())), Ok(()));
+        let mut visited = 0;
+        assert_eq!(reg.sweep(now_ms, ttl_ms, |_| visited += 1), Ok(()));
+        // The sweep removed the expired: what is stored now is what it visited.
+        let live: Vec<String> = reg.records().unwrap_or_default().into_iter().map(|r| r.node).collect();
+        assert_eq!(live.len(), visited);
         live
-    }
-
-    #[test]
-    fn record_views_read_and_write_records() {
-        let mut record = NodeRecord::new(&score("c", "n", 0.5), 7);
-        record.details = NodeDetails {
-            rank: Some(3),
-            world_size: Some(8),
-            gpu_model: Some("H100".into()),
-            gpu_count: Some(8),
-            detection_mode: Some("ebpf".into()),
-            gauges: [Some(0.9), None, Some(0.4), None, None, Some(1.0)],
-        };
-        let bytes = postcard::to_allocvec(std::slice::from_ref(&record)).unwrap();
-        let views: Vec<RecordView<'_>> = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(views.iter().map(RecordView::live_node).collect::<Vec<_>>(), [record.live_node()]);
-        assert_eq!(postcard::to_allocvec(&views).ok(), Some(bytes.clone()), "a rewritten shard is the same bytes");
-        assert_eq!(postcard::to_allocvec(&vec![record.view()]).ok(), Some(bytes), "a view writes its record");
     }
 
     pub(crate) fn score(cluster: &str, node: &str, value: f64) -> NodeScore {

@@ -13,8 +13,9 @@ use std::sync::Mutex;
 use thiserror::Error;
 
 /// Prefix of every shared-data key, so other plugins in one VM id never collide.
-/// v2: shard keys come from the keyed hash (a v1 layout is never read).
-pub const KEY_PREFIX: &str = "ingero_fleet/v2/";
+/// v2: shard keys come from the keyed hash (a v1 layout is never read);
+/// v3: shard records in `shard.rs`'s layout (a v2 shard is never read).
+pub const KEY_PREFIX: &str = "ingero_fleet/v3/";
 
 /// Bytes of entropy a host gives for the per-deployment hash seed.
 pub const SEED_BYTES: usize = 16;
