@@ -51,8 +51,9 @@ impl HashSeed {
     /// A missing key cannot be written by compare-and-swap (the host writes it
     /// unconditionally), so an empty placeholder is created first and the seed
     /// is then CAS-written over it. Two inits racing on the placeholder can only
-    /// overwrite each other before either serves, and every worker reads the
-    /// stored seed per request (`Registry`, `EventLog`), so all converge on it.
+    /// overwrite each other at start, and every worker reads the stored seed
+    /// again on each tick (`Fleet::tick`; `EventLog` per request), so all
+    /// converge on it within a tick.
     pub fn establish<S: SharedStore + ?Sized>(store: &S, entropy: [u8; SEED_BYTES]) -> Result<Self, StoreError> {
         let key = seed_key();
         if store.get(&key)?.is_none() {

@@ -18,7 +18,7 @@ use crate::seed::HashSeed;
 use crate::store::{SharedStore, StoreError, KEY_PREFIX};
 use crate::threshold::{CohortTally, ThresholdBook};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// The dashboard: one self-contained page that reads the listing API.
 const DASHBOARD_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dashboard.html.gz"));
@@ -132,15 +132,17 @@ pub struct Fleet<S, C> {
     books: BookCache,
     /// `/metrics`' cohorts and the cluster listing, rendered once per book.
     reads: Reads,
-    /// The deployment's hash seed once [`Fleet::init`] has read it: it never
-    /// changes, so a push does not read it from the store again.
-    seed: OnceLock<HashSeed>,
+    /// The deployment's hash seed as this process last read it (at init, then
+    /// on every tick), so a push does not read it from the store. Two VMs
+    /// initialising at once can overwrite each other's new seed; the tick's
+    /// read makes every worker converge on the stored one within a tick.
+    seed: RwLock<Option<HashSeed>>,
 }
 
 impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// A service; call [`Fleet::init`] once before serving.
     pub fn new(config: Config, store: S, counters: C) -> Self {
-        Self { config, store, counters, books: BookCache::default(), reads: Reads::default(), seed: OnceLock::new() }
+        Self { config, store, counters, books: BookCache::default(), reads: Reads::default(), seed: RwLock::new(None) }
     }
 
     /// The counters this service records into.
@@ -155,16 +157,15 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
 
     /// The registry of tracked nodes.
     pub fn registry(&self) -> Registry<'_, S> {
-        Registry::new(&self.store, self.config.max_expected_nodes).with_seed(self.seed.get().copied())
+        let seed = *self.seed.read().unwrap_or_else(PoisonError::into_inner);
+        Registry::new(&self.store, self.config.max_expected_nodes).with_seed(seed)
     }
 
     /// Creates the shared keys that do not exist yet.
     pub fn init(&self) -> Result<(), StoreError> {
         let registry = self.registry();
         registry.init()?;
-        if let Ok(seed) = registry.seed() {
-            let _ = self.seed.set(seed);
-        }
+        self.keep_seed(HashSeed::load(&self.store)?);
         for key in [epoch_key(), book_key()].into_iter().chain(EventLog::<S>::keys()) {
             if self.store.get(&key)?.is_none() {
                 self.store.set(&key, &[], None)?;
@@ -381,6 +382,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// caller in each push interval expires old nodes and publishes a new book,
     /// which it returns; the others pick the published book up.
     pub fn tick(&self, now_ms: u64) -> Result<Option<Arc<ThresholdBook>>, FleetError> {
+        self.keep_seed(HashSeed::load(&self.store).map_err(store_error)?);
         let epoch = now_ms / self.config.push_interval_ms();
         if !self.claim_epoch(epoch)? {
             if let Some((book, version)) = self.published_book(self.books.version())? {
@@ -397,6 +399,10 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         self.books.offer(next.clone(), None);
         self.books.saw_epoch(epoch);
         Ok(Some(next))
+    }
+
+    fn keep_seed(&self, seed: HashSeed) {
+        *self.seed.write().unwrap_or_else(PoisonError::into_inner) = Some(seed);
     }
 
     /// The published book, unless its version is still `known_version`.

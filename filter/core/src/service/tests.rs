@@ -414,3 +414,16 @@ fn a_push_reads_only_its_shard_once_the_seed_is_known() {
     assert_eq!(fleet.handle(&head, body.as_bytes(), 2_000).map(|a| a.reply.status), Some(200));
     assert_eq!(reads().len(), 1, "an update reads its shard only");
 }
+
+#[test]
+fn a_seed_replaced_by_a_racing_init_is_picked_up_on_the_next_tick() {
+    let fleet = fleet();
+    let first = fleet.registry().seed();
+    // Another VM's init overwrote the placeholder and wrote its own seed after this one's.
+    let other = crate::seed::HashSeed::from_bytes([7; crate::store::SEED_BYTES]);
+    assert_ne!(first, Ok(other));
+    assert_eq!(fleet.store.set(&crate::seed::seed_key(), &other.to_bytes(), None), Ok(()));
+    assert_eq!(fleet.registry().seed(), first, "pushes use the seed read at init until the next tick");
+    let _ = fleet.tick(PUSH_INTERVAL_MS);
+    assert_eq!(fleet.registry().seed(), Ok(other), "every worker converges on the stored seed");
+}
