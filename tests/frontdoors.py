@@ -180,6 +180,23 @@ def upstream_door(config: dict, concurrency: int | None = None, server: Path = S
                        (envoy.process.pid, app.process.pid), envoy.admin_port)
 
 
+@contextmanager
+def observe_door(config: dict, concurrency: int | None = None, server: Path = SERVER,
+                 log_level: str = "warn") -> Iterator[Door]:
+    """Envoy with the filter in observe mode in front of the real OpenTelemetry Collector
+    (the deployment guide's Option A). Not in FRONT_DOORS: it forwards every push and
+    the collector, not Fleet, answers bad input, so only the conformance suite's
+    threshold cases apply (tests/test_conformance.py `OBSERVED`)."""
+    from peers import Collector, observe_envoy
+
+    with Collector({"debug": {"verbosity": "basic"}}) as collector:
+        envoy, ports = observe_envoy(config, collector.otlp_port, concurrency=concurrency or 4)
+        envoy.log_level = log_level
+        with envoy:
+            yield Door("observe", ports.push, ports.api, ports.metrics, None,
+                       (envoy.process.pid, collector.process.pid), envoy.admin_port)
+
+
 FRONT_DOORS: dict[str, Callable[..., ContextManager[Door]]] = {
     "filter": filter_door,
     "dynamic": dynamic_door,
