@@ -76,6 +76,21 @@ impl HashSeed {
         }
     }
 
+    /// Seed bytes for a host with no random source: the clock's nanoseconds and
+    /// a few addresses, hashed under a fixed key. Only ~20–30 bits an outsider
+    /// who knows the start time cannot guess (docs/limits.md); the shard caps
+    /// still bound what a collision costs.
+    pub fn fallback_entropy(nanos: u128, addresses: [u64; 2]) -> [u8; SEED_BYTES] {
+        let fixed = Self::from_bytes(*b"ingero-fleet-wsm");
+        let text = [nanos as u64, (nanos >> 64) as u64, addresses[0], addresses[1]].map(|n| n.to_string());
+        let mut bytes = [0u8; SEED_BYTES];
+        for (half, tag) in bytes.chunks_exact_mut(8).zip(["k0", "k1"]) {
+            let parts = [tag, &text[0], &text[1], &text[2], &text[3]];
+            half.copy_from_slice(&fixed.hash(&parts).to_le_bytes());
+        }
+        bytes
+    }
+
     fn decode(bytes: &[u8]) -> Option<Self> {
         <[u8; SEED_BYTES]>::try_from(bytes).ok().map(Self::from_bytes)
     }
@@ -144,5 +159,15 @@ mod tests {
     fn os_entropy_differs() {
         let store = MemoryStore::default();
         assert_ne!(store.entropy().ok(), store.entropy().ok());
+    }
+
+    #[test]
+    fn fallback_entropy_differs_with_each_input_and_keeps_its_values() {
+        let base = HashSeed::fallback_entropy(1_700_000_000_000_000_000, [0x1000, 0x2000]);
+        assert_ne!(base, HashSeed::fallback_entropy(1_700_000_000_000_000_001, [0x1000, 0x2000]));
+        assert_ne!(base, HashSeed::fallback_entropy(1_700_000_000_000_000_000, [0x1008, 0x2000]));
+        assert_ne!(base, HashSeed::fallback_entropy(1_700_000_000_000_000_000, [0x1000, 0x2008]));
+        assert_ne!(base[..8], base[8..], "two independent keys");
+        assert_eq!(base, HashSeed::fallback_entropy(1_700_000_000_000_000_000, [0x1000, 0x2000]));
     }
 }

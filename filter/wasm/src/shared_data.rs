@@ -1,6 +1,7 @@
 //! proxy-wasm shared data as the core's [`SharedStore`], and the host's entropy
 //! for the per-deployment hash seed.
 
+use ingero_fleet_core::seed::HashSeed;
 use ingero_fleet_core::store::SEED_BYTES;
 use ingero_fleet_core::{SharedStore, StoreError};
 use proxy_wasm::hostcalls;
@@ -29,10 +30,8 @@ impl SharedStore for HostSharedData {
     }
 
     /// Envoy's WASI `random_get` (BoringSSL's `RAND_bytes` in proxy-wasm-cpp-host),
-    /// asked once when no seed is stored. Should a host answer it with an error,
-    /// the host clock's nanoseconds mixed with heap and stack addresses are used
-    /// instead: only ~20–30 bits an outsider who knows the start time cannot
-    /// guess (docs/limits.md); the shard caps still bound what a collision costs.
+    /// asked once when no seed is stored; should a host refuse it, the core's
+    /// fallback mixes the host clock with heap and stack addresses.
     fn entropy(&self) -> Result<[u8; SEED_BYTES], StoreError> {
         let mut bytes = [0u8; SEED_BYTES];
         if wasi::random(&mut bytes) {
@@ -44,18 +43,8 @@ impl SharedStore for HostSharedData {
         );
         let nanos =
             hostcalls::get_current_time().map_err(host_error)?.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let heap = Box::new(nanos);
-        let stack = 0u8;
-        let mixed = [nanos as u64, (nanos >> 64) as u64, &*heap as *const u128 as u64, &stack as *const u8 as u64];
-        let seed = ingero_fleet_core::seed::HashSeed::from_bytes(*b"ingero-fleet-wsm");
-        let text: Vec<String> = mixed.iter().map(u64::to_string).collect();
-        let parts: Vec<&str> = text.iter().map(String::as_str).collect();
-        let mut tagged = vec!["k0"];
-        tagged.extend(&parts);
-        bytes[..8].copy_from_slice(&seed.hash(&tagged).to_le_bytes());
-        tagged[0] = "k1";
-        bytes[8..].copy_from_slice(&seed.hash(&tagged).to_le_bytes());
-        Ok(bytes)
+        let (heap, stack) = (Box::new(0u8), 0u8);
+        Ok(HashSeed::fallback_entropy(nanos, [&*heap as *const u8 as u64, &stack as *const u8 as u64]))
     }
 }
 
