@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,34 @@ def test_server_only_tls_and_tls_on_the_api(pki):
         server.__exit__(None, None, None)
 
 
+@contextmanager
+def push_in_flight(port: int, pki, cluster: str):
+    """A push whose body is half sent on a connection made with the old
+    certificate while the block rotates it; it must then complete on that
+    connection, answered 200."""
+    assert peer_cert(port, pki.client()) == pki.der("server.crt")
+    body = agent_push("rot-1", 0.9, cluster)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=pki.client(), timeout=10)
+    conn.putrequest("POST", f"/v1/metrics?cluster_id={cluster}")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    conn.send(body[:100])
+    yield
+    conn.send(body[100:])
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    conn.close()
+
+
+def replace_files(pki, folder: Path, pairs: list[tuple[str, str]]) -> None:
+    """Replaces `folder`'s files by the PKI's, in order, each by an atomic rename, as a secret update does."""
+    for src, dst in pairs:
+        tmp = folder / f".{dst}.tmp"
+        tmp.write_bytes((pki.dir / src).read_bytes())
+        os.replace(tmp, folder / dst)
+
+
 def test_rotation_without_restart_keeps_a_push_in_flight(pki):
     d = Path(tempfile.mkdtemp(prefix="fleet-rotate-"))
     for name in ("server.crt", "server.key"):
@@ -185,28 +214,11 @@ def test_rotation_without_restart_keeps_a_push_in_flight(pki):
                       "client_ca_file": pki.path("ca.crt")}}
     with Standalone(config) as server:
         port = server.ports["otlp_http"]
-        assert peer_cert(port, pki.client()) == pki.der("server.crt")
-        # A push whose body is half sent on a connection made with the old certificate…
-        body = agent_push("rot-1", 0.9, "tls")
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=pki.client(), timeout=10)
-        conn.putrequest("POST", "/v1/metrics?cluster_id=tls")
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders()
-        conn.send(body[:100])
-        # …while the files are replaced the way a secret update does (key first, then certificate).
-        for name in ("server.key", "server.crt"):
-            tmp = d / f".{name}.tmp"
-            tmp.write_bytes((pki.dir / name.replace("server", "server2")).read_bytes())
-            os.replace(tmp, d / name)
-        # New handshakes get the new certificate, with no restart…
-        wait_for(lambda: peer_cert(port, pki.client()) == pki.der("server2.crt"), timeout=10, what="rotation")
-        assert https_push(port, pki.client(), "rot-2")[0] == 200
-        # …and the push in flight completes on its old connection.
-        conn.send(body[100:])
-        r = conn.getresponse()
-        assert r.status == 200, r.read()
-        conn.close()
+        with push_in_flight(port, pki, "tls"):
+            replace_files(pki, d, [("server2.key", "server.key"), ("server2.crt", "server.crt")])
+            # New handshakes get the new certificate, with no restart…
+            wait_for(lambda: peer_cert(port, pki.client()) == pki.der("server2.crt"), timeout=10, what="rotation")
+            assert https_push(port, pki.client(), "rot-2")[0] == 200
         assert scrape(server.ports["metrics"])["ingero_fleet_total_pushes"] == 2
         assert server.process.poll() is None
         assert "TLS certificate files changed: reloaded" in server.log()
@@ -309,22 +321,8 @@ def test_envoy_picks_up_a_rotated_certificate_without_restart(pki):
     listen = {"otlp_http": free_port(), "api": free_port(), "metrics": free_port()}
     with Envoy(render_envoy_tls(certs, listen, free_port())) as envoy:
         port = listen["otlp_http"]
-        assert peer_cert(port, pki.client()) == pki.der("server.crt")
-        body = agent_push("rot-1", 0.9, "envoy-tls")
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=pki.client(), timeout=10)
-        conn.putrequest("POST", "/v1/metrics?cluster_id=envoy-tls")
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders()
-        conn.send(body[:100])
-        for src, dst in (("server2.key", "tls.key"), ("server2.crt", "tls.crt")):
-            tmp = certs / f".{dst}.tmp"
-            tmp.write_bytes((pki.dir / src).read_bytes())
-            os.replace(tmp, certs / dst)
-        wait_for(lambda: peer_cert(port, pki.client()) == pki.der("server2.crt"), timeout=10, what="rotation")
-        conn.send(body[100:])
-        r = conn.getresponse()
-        assert r.status == 200, r.read()
-        conn.close()
+        with push_in_flight(port, pki, "envoy-tls"):
+            replace_files(pki, certs, [("server2.key", "tls.key"), ("server2.crt", "tls.crt")])
+            wait_for(lambda: peer_cert(port, pki.client()) == pki.der("server2.crt"), timeout=10, what="rotation")
         assert envoy.process.poll() is None
         assert scrape(listen["metrics"])["ingero_fleet_total_pushes"] == 1
