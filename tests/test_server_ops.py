@@ -19,7 +19,7 @@ import time
 import pytest
 import yaml
 
-from fleet import ROOT, agent_push, push, request, scrape, wait_for
+from fleet import ROOT, agent_push, expected_threshold, push, request, scrape, threshold, wait_for
 from frontdoors import SERVER, Standalone
 
 DEBUG_FLEET = {"log": {"level": "info,ingero_fleet=debug"}}
@@ -75,17 +75,30 @@ def test_info_level_has_no_per_push_lines_and_json_format_is_one_object_per_line
 
 
 def test_sighup_keeps_serving_applies_the_log_level_and_names_keys_that_need_a_restart():
-    with Standalone({"threshold": {"k": 2.0}}) as server:
+    scores = [0.9, 0.5, 0.95, 0.8, 0.92]
+    with Standalone({"push_interval": "1s", "threshold": {"k": 2.0, "ema_alpha": 1.0}}) as server:
         port = server.ports["otlp_http"]
         assert push(port, None, agent_push("n1", 0.9)).status == 400
+        published = lambda: threshold(server.ports["api"], "retune").json().get("threshold")  # noqa: E731
+        for i, score in enumerate(scores):
+            assert push(port, "retune", agent_push(f"r{i}", score, cluster="retune")).status == 200
+        wait_for(lambda: published() is not None and abs(published() - expected_threshold(scores, k=2.0)) < 1e-9,
+                 what="the threshold at k 2")
         document = yaml.safe_load(server.config_path.read_text())
         document["threshold"]["k"] = 3.0
+        document["max_clusters"] = 50
         document["log"] = {"level": "info,ingero_fleet=debug"}
         server.config_path.write_text(yaml.safe_dump(document))
         server.process.send_signal(signal.SIGHUP)
         wait_for(lambda: "need a restart" in server.log(), what="the reload to be logged")
         assert server.process.poll() is None
         assert request(server.ports["api"], "GET", "/readyz").status == 200
+        # threshold.k is applied live: the next recomputes use k 3 (the nodes keep pushing).
+        def recomputed_at_k3():
+            for i, score in enumerate(scores):
+                push(port, "retune", agent_push(f"r{i}", score, cluster="retune"))
+            return abs(published() - expected_threshold(scores, k=3.0)) < 1e-9
+        wait_for(recomputed_at_k3, timeout=10, interval=0.5, what="the threshold at k 3")
         # The new log level is in force: this refusal is logged, the one before was not.
         assert push(port, None, agent_push("n2", 0.9)).status == 400
         # A file that no longer parses is reported and changes nothing.
@@ -95,9 +108,10 @@ def test_sighup_keeps_serving_applies_the_log_level_and_names_keys_that_need_a_r
         assert request(server.ports["api"], "GET", "/readyz").status == 200
         log = stop(server)
     assert len([line for line in log.splitlines() if "push refused" in line]) == 1, log
-    assert "applied log.level" in log
+    applied = next(line for line in log.splitlines() if "applied" in line)
+    assert "threshold.k" in applied and "log.level" in applied, applied
     restart = next(line for line in log.splitlines() if "need a restart" in line)
-    assert "WARN" in restart and "threshold.k" in restart, restart
+    assert "WARN" in restart and "max_clusters" in restart and "threshold.k" not in restart, restart
     assert "threshold.k = 9 is out of range" in log
 
 

@@ -92,16 +92,17 @@ fn run(loaded: config::Loaded, config_path: Option<PathBuf>, logging: Logging) -
         Some(files) => Some(Arc::new(Tls::load(files.clone()).map_err(ServerError::Tls)?)),
         None => None,
     };
+    // Four ports, each up to max_connections, plus the process's own files.
+    limits::raise_open_file_limit(loaded.server.limits.max_connections as u64 * 4 + 64);
+    let state = Arc::new(State::new(loaded.core.config.clone())?);
     let reloader = reload::Reloader {
         path: config_path,
-        core: loaded.core.config.clone(),
+        core: loaded.core.config,
         server: loaded.server.clone(),
         logging,
         tls: tls.clone(),
+        state: state.clone(),
     };
-    // Four ports, each up to max_connections, plus the process's own files.
-    limits::raise_open_file_limit(loaded.server.limits.max_connections as u64 * 4 + 64);
-    let state = Arc::new(State::new(loaded.core.config)?);
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(state, reloader))
 }
 

@@ -1,13 +1,16 @@
 //! SIGHUP: read the configuration file again, apply what can change while
 //! serving, and name every changed key that needs a restart.
 //!
-//! Applied at once: `log.level` (unless `RUST_LOG` is set) and the `tls` file
-//! paths. The core's keys (`threshold.k`, quotas, the push interval…) are held
-//! by the running Fleet, which is built once at start, so a change to them is
-//! logged as needing a restart and the running values stay in force.
+//! Applied at once: `log.level` (unless `RUST_LOG` is set), the `tls` file
+//! paths, and the keys only the recompute reads (`threshold.k`,
+//! `threshold.ema_alpha`, `quorum.*`: from the next recompute, `Fleet::retune`).
+//! The core's other keys (quotas, the push interval, listeners…) shape the
+//! running Fleet's store and limits, so a change to them is logged as needing
+//! a restart and the running values stay in force.
 
 use crate::config::{self, ServerConfig};
 use crate::logging::Logging;
+use crate::state::State;
 use crate::tls::Tls;
 use ingero_fleet_core::Config;
 use std::path::PathBuf;
@@ -22,6 +25,8 @@ pub struct Reloader {
     pub server: ServerConfig,
     pub logging: Logging,
     pub tls: Option<Arc<Tls>>,
+    /// The running Fleet, whose threshold keys a reload retunes.
+    pub state: Arc<State>,
 }
 
 impl Reloader {
@@ -38,8 +43,11 @@ impl Reloader {
             tracing::warn!("{warning}");
         }
         let new = loaded.server;
-        let mut applied = Vec::new();
-        let mut restart = core_changes(&self.core, &loaded.core.config);
+        let mut applied = self.state.fleet().retune(&loaded.core.config);
+        let wanted = &loaded.core.config;
+        (self.core.k, self.core.ema_alpha) = (wanted.k, wanted.ema_alpha);
+        (self.core.statistical_min, self.core.coverage_fraction) = (wanted.statistical_min, wanted.coverage_fraction);
+        let mut restart = core_changes(&self.core, wanted);
 
         if new.log.level != self.server.log.level {
             if self.logging.filter_from_env {
@@ -88,8 +96,7 @@ impl Reloader {
         }
         if !restart.is_empty() {
             tracing::warn!(
-                "SIGHUP: {} changed but need a restart to take effect (the running Fleet keeps the configuration \
-                 it started with); the running values stay in force",
+                "SIGHUP: {} changed but need a restart to take effect; the running values stay in force",
                 restart.join(", ")
             );
         }

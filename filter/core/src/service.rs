@@ -137,12 +137,23 @@ pub struct Fleet<S, C> {
     /// initialising at once can overwrite each other's new seed; the tick's
     /// read makes every worker converge on the stored one within a tick.
     seed: RwLock<Option<HashSeed>>,
+    /// The threshold keys a reload changed since start ([`Fleet::retune`]); the
+    /// recompute reads them from here, everything else from `config`.
+    retuned: RwLock<Option<Config>>,
 }
 
 impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
     /// A service; call [`Fleet::init`] once before serving.
     pub fn new(config: Config, store: S, counters: C) -> Self {
-        Self { config, store, counters, books: BookCache::default(), reads: Reads::default(), seed: RwLock::new(None) }
+        Self {
+            config,
+            store,
+            counters,
+            books: BookCache::default(),
+            reads: Reads::default(),
+            seed: RwLock::new(None),
+            retuned: RwLock::new(None),
+        }
     }
 
     /// The counters this service records into.
@@ -394,11 +405,41 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         let mut tally = CohortTally::default();
         self.registry().sweep(now_ms, self.config.node_ttl_ms(), |record| tally.add(record))?;
         let previous = self.published_book(None)?.map(|(book, _)| book).unwrap_or_default();
-        let next = Arc::new(previous.next(tally, &self.config, epoch, now_ms));
+        let retuned = self.retuned.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let next = Arc::new(previous.next(tally, retuned.as_ref().unwrap_or(&self.config), epoch, now_ms));
         self.store.set(&book_key(), &next.encode()?, None).map_err(store_error)?;
         self.books.offer(next.clone(), None);
         self.books.saw_epoch(epoch);
         Ok(Some(next))
+    }
+
+    /// Takes `new`'s threshold keys (`threshold.k`, `threshold.ema_alpha`,
+    /// `quorum.statistical_min`, `quorum.coverage_fraction`), which only the
+    /// recompute reads, from the next recompute on; the names of those that
+    /// changed. A reload of the standalone server calls it; the other keys need
+    /// a restart (a proxy builds a new Fleet for a new plugin configuration).
+    pub fn retune(&self, new: &Config) -> Vec<&'static str> {
+        let mut retuned = self.retuned.write().unwrap_or_else(PoisonError::into_inner);
+        let mut tuned = retuned.clone().unwrap_or_else(|| self.config.clone());
+        let mut changed = Vec::new();
+        if tuned.k != new.k {
+            tuned.k = new.k;
+            changed.push("threshold.k");
+        }
+        if tuned.ema_alpha != new.ema_alpha {
+            tuned.ema_alpha = new.ema_alpha;
+            changed.push("threshold.ema_alpha");
+        }
+        if tuned.statistical_min != new.statistical_min {
+            tuned.statistical_min = new.statistical_min;
+            changed.push("quorum.statistical_min");
+        }
+        if tuned.coverage_fraction != new.coverage_fraction {
+            tuned.coverage_fraction = new.coverage_fraction;
+            changed.push("quorum.coverage_fraction");
+        }
+        *retuned = Some(tuned);
+        changed
     }
 
     fn keep_seed(&self, seed: HashSeed) {

@@ -427,3 +427,20 @@ fn a_seed_replaced_by_a_racing_init_is_picked_up_on_the_next_tick() {
     let _ = fleet.tick(PUSH_INTERVAL_MS);
     assert_eq!(fleet.registry().seed(), Ok(other), "every worker converges on the stored seed");
 }
+
+#[test]
+fn a_retuned_k_applies_from_the_next_recompute() {
+    let fleet = fleet();
+    for (i, score) in [0.9, 0.5, 0.95, 0.8, 0.92].iter().enumerate() {
+        assert_eq!(push(&fleet, "c1", &format!("n{i}"), *score, 1_000).reply.status, 200);
+    }
+    let raw = |k: f64| 0.9 - k * 1.4826 * 0.05; // median 0.9, MAD 0.05
+    let book = fleet.tick(PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    assert!(book.threshold("c1", "").is_some_and(|t| (t - raw(2.0)).abs() < 1e-12), "the first book, at k 2");
+    let new = Config { k: 3.0, ema_alpha: 1.0, ..Config::default() };
+    assert_eq!(fleet.retune(&new), ["threshold.k", "threshold.ema_alpha"]);
+    assert_eq!(fleet.retune(&new), Vec::<&str>::new(), "nothing changes twice");
+    let book = fleet.tick(2 * PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
+    assert!(book.threshold("c1", "").is_some_and(|t| (t - raw(3.0)).abs() < 1e-12), "{:?}", book.threshold("c1", ""));
+    assert_eq!(fleet.config().k, 2.0, "the configuration it was built with is unchanged");
+}
