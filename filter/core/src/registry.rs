@@ -79,7 +79,7 @@ pub struct Registry<'s, S: ?Sized> {
     store: &'s S,
     shards: u32,
     shard_cap: usize,
-    /// Read from the store on first use: one read per registry (per request).
+    /// Given by the Fleet (read at init and on each tick), else read from the store on first use.
     seed: OnceCell<HashSeed>,
 }
 
@@ -130,7 +130,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         let seed = self.seed()?;
         let key = shard_key(self.shard_of(&seed, &score.cluster, &score.node));
         let cluster = cluster_hash(&seed, &score.cluster);
-        let fresh = shard::encode(&NodeRecord::new(score, now_ms)).map_err(|e| unreadable(&key, "encoded", e))?;
+        let fresh = shard::encode(&NodeRecord::new(score, now_ms)).map_err(|e| shard_error(&key, "encoded", e))?;
         let mut reserved = false;
         let result = update(self.store, &key, |bytes| {
             // The shard's other records are copied as they are, never decoded.
@@ -190,7 +190,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         for key in (0..self.shards).map(shard_key) {
             if let Some((bytes, _)) = self.store.get(&key)? {
                 for record in read_shard(&key, &bytes)? {
-                    all.push(record.to_node_record().map_err(|e| unreadable(&key, "decoded", e))?);
+                    all.push(record.to_node_record().map_err(|e| shard_error(&key, "decoded", e))?);
                 }
             }
         }
@@ -228,7 +228,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         expired: &mut Vec<u64>,
     ) -> Result<(), FleetError> {
         let live = |r: &Record<'_>| now_ms.saturating_sub(r.last_seen_ms()) <= ttl_ms;
-        let unreadable = |e: ShardError| FleetError::from(unreadable(key, "decoded", e));
+        let unreadable = |e: ShardError| FleetError::from(shard_error(key, "decoded", e));
         let rewritten = update(self.store, key, |bytes| {
             let bytes = bytes.unwrap_or(&[]);
             // Most shards have nothing to expire: read them in place, with no allocation.
@@ -380,10 +380,11 @@ fn cluster_hash(seed: &HashSeed, cluster: &str) -> u64 {
 
 /// A shard's records; an unreadable one is an error naming the key, never read as empty.
 fn read_shard<'a>(key: &str, bytes: &'a [u8]) -> Result<Vec<Record<'a>>, StoreError> {
-    shard::records(bytes).collect::<Result<_, _>>().map_err(|e| unreadable(key, "decoded", e))
+    shard::records(bytes).collect::<Result<_, _>>().map_err(|e| shard_error(key, "decoded", e))
 }
 
-fn unreadable(key: &str, action: &'static str, reason: ShardError) -> StoreError {
+/// A shard that could not be `action` ("encoded", "decoded"), naming its key.
+fn shard_error(key: &str, action: &'static str, reason: ShardError) -> StoreError {
     StoreError::Format { key: key.to_owned(), action, reason }
 }
 
