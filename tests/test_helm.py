@@ -284,7 +284,7 @@ def stored_release_bytes(tgz: Path, manifest: str) -> int:
 # Share of the Secret's 1 MiB the guide's releases may take: under 60 %. The
 # default mode keeps the module twice (the chart's files and the rendered
 # ConfigMap: Helm stores both): 58.0 % with the 331 088-byte module
-# (2026-11-29); with wasm.url or wasm.existingConfigMap the module is stored
+# (2026-11-30); with wasm.url or wasm.existingConfigMap the module is stored
 # once (31.5 %), which is what docs/helm.md recommends for large fleets.
 RELEASE_SHARE = 0.6
 
