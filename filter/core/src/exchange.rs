@@ -24,6 +24,11 @@ pub trait Host {
     fn send_reply(&mut self, answer: &Answer);
     /// Adds a header to the upstream's response (observe mode).
     fn add_response_header(&mut self, name: &'static str, value: &str);
+    /// The upstream response's `:status` (observe mode), read only when an
+    /// observed push waits for it; a host that never forwards has none.
+    fn response_status(&self) -> Option<u16> {
+        None
+    }
     /// Wall-clock milliseconds, the time base of node expiry.
     fn now_ms(&self) -> u64;
     /// Whether this host turns a reply into a gRPC answer (a proxy's local reply cannot).
@@ -219,22 +224,17 @@ impl Exchange {
         }
     }
 
-    /// Whether [`Exchange::on_response_headers`] has anything to do: only an observed
-    /// push waits for the upstream's answer (a host may skip reading the status otherwise).
-    pub fn awaits_response(&self) -> bool {
-        matches!(self.state, State::Copying(..) | State::Scored(_) | State::Unscored(_))
-    }
-
     /// Observe mode: the upstream's response head. A push is stored only if the
     /// upstream accepted it (2xx); the response gains the cluster's threshold.
-    pub fn on_response_headers<S: SharedStore, C: CounterSink>(
+    pub fn on_response_headers<S: SharedStore, C: CounterSink, H: Host>(
         &mut self,
         fleet: &Fleet<S, C>,
-        host: &mut impl Host,
-        status: u16,
+        host: &mut H,
     ) -> Flow {
+        // The status is read only where a push waits for it (a local reply has no upstream).
+        let accepted = |host: &H| (200..300).contains(&host.response_status().unwrap_or(0));
         let threshold = match std::mem::take(&mut self.state) {
-            State::Scored(scored) if (200..300).contains(&status) => match fleet.commit(&scored, host.now_ms()) {
+            State::Scored(scored) if accepted(host) => match fleet.commit(&scored, host.now_ms()) {
                 Ok(answer) => {
                     fleet.count(&answer.outcome);
                     answer.reply.header(THRESHOLD_HEADER).map(str::to_owned)
@@ -250,7 +250,7 @@ impl Exchange {
             }
             // Answered before its body ended (Envoy's own 503 when the upstream is gone).
             State::Copying(push, _) => {
-                if !(200..300).contains(&status) {
+                if !accepted(host) {
                     fleet.count(&Outcome::dropped(DropReason::UpstreamRefused, 1));
                 }
                 fleet.piggyback(push.cluster()).map(|t| t.to_string())
@@ -369,6 +369,9 @@ pub mod testing {
         fn now_ms(&self) -> u64 {
             1_000
         }
+        fn response_status(&self) -> Option<u16> {
+            self.status
+        }
     }
 }
 
@@ -448,7 +451,8 @@ mod tests {
             let (mut exchange, flows) = stream_push(&fleet, &mut host, agent_json("n1", "0.9").as_bytes(), true);
             assert_eq!(flows, [Flow::Continue; 3], "the push flows on untouched");
             assert_eq!(fleet.registry().tracked_nodes(), Ok(0), "nothing stored before the upstream answers");
-            assert_eq!(exchange.on_response_headers(&fleet, &mut host, status), Flow::Continue);
+            host.status = Some(status);
+            assert_eq!(exchange.on_response_headers(&fleet, &mut host), Flow::Continue);
             assert_eq!(fleet.registry().tracked_nodes(), Ok(tracked), "after a {status}");
             assert!(host.replies.is_empty(), "the upstream answers, never Fleet");
         }
@@ -463,13 +467,15 @@ mod tests {
             let mut host = RecordingHost::default();
             let body = agent_json(&format!("n{i}"), &score.to_string());
             let (mut exchange, _) = stream_push(&fleet, &mut host, body.as_bytes(), true);
-            exchange.on_response_headers(&fleet, &mut host, 200);
+            host.status = Some(200);
+            exchange.on_response_headers(&fleet, &mut host);
             assert!(host.added.is_empty(), "no header before quorum");
         }
         assert!(fleet.tick(10_000).is_ok_and(|book| book.is_some()));
         let mut host = RecordingHost::default();
         let (mut exchange, _) = stream_push(&fleet, &mut host, agent_json("n0", "0.9").as_bytes(), true);
-        exchange.on_response_headers(&fleet, &mut host, 200);
+        host.status = Some(200);
+        exchange.on_response_headers(&fleet, &mut host);
         let names: Vec<_> = host.added.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, [THRESHOLD_HEADER, QUORUM_HEADER]);
         assert_eq!(host.added[0].1.parse::<f64>().ok(), fleet.book().threshold("c1", ""));
@@ -481,7 +487,8 @@ mod tests {
         let mut host = RecordingHost::default();
         let (mut exchange, flows) = stream_push(&fleet, &mut host, &[b' '; 3000], true);
         assert_eq!(flows, [Flow::Continue; 3]);
-        exchange.on_response_headers(&fleet, &mut host, 200);
+        host.status = Some(200);
+        exchange.on_response_headers(&fleet, &mut host);
         assert_eq!(dropped(&fleet, DropReason::BodyTooLarge), 1);
 
         let mut exchange = Exchange::default();

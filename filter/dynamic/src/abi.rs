@@ -204,18 +204,18 @@ impl Envoy for EnvoyStream {
         self.headers(REQUEST_HEADER)
     }
 
-    fn response_status(&self) -> Option<u16> {
-        let headers = self.headers(RESPONSE_HEADER);
-        let status = headers.iter().find(|(name, _)| *name == b":status")?.1;
-        std::str::from_utf8(status).ok()?.parse().ok()
-    }
-
     fn warn(&self, message: &str) {
         log(LOG_WARN, message);
     }
 }
 
 impl Host for EnvoyStream {
+    fn response_status(&self) -> Option<u16> {
+        let headers = self.headers(RESPONSE_HEADER);
+        let status = headers.iter().find(|(name, _)| *name == b":status")?.1;
+        std::str::from_utf8(status).ok()?.parse().ok()
+    }
+
     fn body_len(&self) -> usize {
         let buffered = self.body_size(BUFFERED_REQUEST_BODY);
         if self.received_is_buffered() {

@@ -10,8 +10,6 @@ use std::sync::Arc;
 pub trait Envoy: Host {
     /// Every request header as (name, value); names are lower case.
     fn request_headers(&self) -> Vec<(&[u8], &[u8])>;
-    /// The response's `:status`, if Envoy has one.
-    fn response_status(&self) -> Option<u16>;
     /// Logs a warning under Envoy's `dynamic_modules` logger.
     fn warn(&self, message: &str);
 }
@@ -56,11 +54,7 @@ impl Stream {
 
     /// The upstream's response head (observe mode).
     pub fn on_response_headers(&mut self, envoy: &mut impl Envoy) -> Flow {
-        if !self.exchange.awaits_response() {
-            return Flow::Continue; // a local reply, or a request Fleet passed on
-        }
-        let status = envoy.response_status().unwrap_or(0);
-        self.exchange.on_response_headers(self.front.fleet(), envoy, status)
+        self.exchange.on_response_headers(self.front.fleet(), envoy)
     }
 }
 
@@ -72,9 +66,6 @@ mod tests {
     impl Envoy for FakeEnvoy {
         fn request_headers(&self) -> Vec<(&[u8], &[u8])> {
             self.headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect()
-        }
-        fn response_status(&self) -> Option<u16> {
-            self.status
         }
         fn warn(&self, message: &str) {
             unreachable!("unexpected warning: {message}");

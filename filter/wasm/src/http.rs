@@ -55,6 +55,11 @@ impl Host for Envoy {
     fn now_ms(&self) -> u64 {
         now_ms()
     }
+
+    fn response_status(&self) -> Option<u16> {
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten()?;
+        status.parse().ok()
+    }
 }
 
 /// The URI (SPIFFE ID) or else DNS name of the client certificate Envoy verified.
@@ -111,11 +116,6 @@ impl HttpContext for FleetHttp {
 
     /// Observe mode: the upstream answered; the exchange stores the push on a 2xx.
     fn on_http_response_headers(&mut self, _count: usize, _end_of_stream: bool) -> Action {
-        if !self.exchange.awaits_response() {
-            return Action::Continue; // a local reply, or a request Fleet passed on: no host call
-        }
-        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten();
-        let status = status.and_then(|s| s.parse().ok()).unwrap_or(0);
-        action(self.exchange.on_response_headers(&self.worker.fleet, &mut Envoy { body_len: 0 }, status))
+        action(self.exchange.on_response_headers(&self.worker.fleet, &mut Envoy { body_len: 0 }))
     }
 }
