@@ -94,10 +94,9 @@ fn run(loaded: config::Loaded, config_path: Option<PathBuf>, logging: Logging) -
     };
     // Four ports, each up to max_connections, plus the process's own files.
     limits::raise_open_file_limit(loaded.server.limits.max_connections as u64 * 4 + 64);
-    let state = Arc::new(State::new(loaded.core.config.clone())?);
+    let state = Arc::new(State::new(loaded.core.config)?);
     let reloader = reload::Reloader {
         path: config_path,
-        core: loaded.core.config,
         server: loaded.server.clone(),
         logging,
         tls: tls.clone(),

@@ -19,8 +19,6 @@ use std::sync::Arc;
 /// What SIGHUP compares the file with, and what it can change.
 pub struct Reloader {
     pub path: Option<PathBuf>,
-    /// The core configuration in force (the one the Fleet was built with).
-    pub core: Config,
     /// The server settings in force.
     pub server: ServerConfig,
     pub logging: Logging,
@@ -43,11 +41,9 @@ impl Reloader {
             tracing::warn!("{warning}");
         }
         let new = loaded.server;
-        let mut applied = self.state.fleet().retune(&loaded.core.config);
-        let wanted = &loaded.core.config;
-        (self.core.k, self.core.ema_alpha) = (wanted.k, wanted.ema_alpha);
-        (self.core.statistical_min, self.core.coverage_fraction) = (wanted.statistical_min, wanted.coverage_fraction);
-        let mut restart = core_changes(&self.core, wanted);
+        let fleet = self.state.fleet();
+        let mut applied = fleet.retune(&loaded.core.config);
+        let mut restart = core_changes(&fleet.config_in_force(), &loaded.core.config);
 
         if new.log.level != self.server.log.level {
             if self.logging.filter_from_env {

@@ -405,8 +405,7 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         let mut tally = CohortTally::default();
         self.registry().sweep(now_ms, self.config.node_ttl_ms(), |record| tally.add(record))?;
         let previous = self.published_book(None)?.map(|(book, _)| book).unwrap_or_default();
-        let retuned = self.retuned.read().unwrap_or_else(PoisonError::into_inner).clone();
-        let next = Arc::new(previous.next(tally, retuned.as_ref().unwrap_or(&self.config), epoch, now_ms));
+        let next = Arc::new(previous.next(tally, &self.config_in_force(), epoch, now_ms));
         self.store.set(&book_key(), &next.encode()?, None).map_err(store_error)?;
         self.books.offer(next.clone(), None);
         self.books.saw_epoch(epoch);
@@ -422,24 +421,19 @@ impl<S: SharedStore, C: CounterSink> Fleet<S, C> {
         let mut retuned = self.retuned.write().unwrap_or_else(PoisonError::into_inner);
         let mut tuned = retuned.clone().unwrap_or_else(|| self.config.clone());
         let mut changed = Vec::new();
-        if tuned.k != new.k {
-            tuned.k = new.k;
-            changed.push("threshold.k");
-        }
-        if tuned.ema_alpha != new.ema_alpha {
-            tuned.ema_alpha = new.ema_alpha;
-            changed.push("threshold.ema_alpha");
-        }
-        if tuned.statistical_min != new.statistical_min {
-            tuned.statistical_min = new.statistical_min;
-            changed.push("quorum.statistical_min");
-        }
-        if tuned.coverage_fraction != new.coverage_fraction {
-            tuned.coverage_fraction = new.coverage_fraction;
-            changed.push("quorum.coverage_fraction");
-        }
+        take(&mut changed, "threshold.k", &mut tuned.k, new.k);
+        take(&mut changed, "threshold.ema_alpha", &mut tuned.ema_alpha, new.ema_alpha);
+        take(&mut changed, "quorum.statistical_min", &mut tuned.statistical_min, new.statistical_min);
+        take(&mut changed, "quorum.coverage_fraction", &mut tuned.coverage_fraction, new.coverage_fraction);
         *retuned = Some(tuned);
         changed
+    }
+
+    /// The configuration in force: the one this service was built with, with
+    /// the threshold keys [`Fleet::retune`] changed since.
+    pub fn config_in_force(&self) -> Config {
+        let retuned = self.retuned.read().unwrap_or_else(PoisonError::into_inner);
+        retuned.clone().unwrap_or_else(|| self.config.clone())
     }
 
     fn keep_seed(&self, seed: HashSeed) {
@@ -575,6 +569,14 @@ fn epoch_key() -> String {
 
 fn book_key() -> String {
     format!("{KEY_PREFIX}book")
+}
+
+/// Sets `held` to `new`, noting `key` if that changed it.
+fn take<T: PartialEq>(changed: &mut Vec<&'static str>, key: &'static str, held: &mut T, new: T) {
+    if *held != new {
+        *held = new;
+        changed.push(key);
+    }
 }
 
 fn store_error(e: StoreError) -> FleetError {

@@ -443,4 +443,5 @@ fn a_retuned_k_applies_from_the_next_recompute() {
     let book = fleet.tick(2 * PUSH_INTERVAL_MS).ok().flatten().unwrap_or_default();
     assert!(book.threshold("c1", "").is_some_and(|t| (t - raw(3.0)).abs() < 1e-12), "{:?}", book.threshold("c1", ""));
     assert_eq!(fleet.config().k, 2.0, "the configuration it was built with is unchanged");
+    assert_eq!((fleet.config_in_force().k, fleet.config_in_force().ema_alpha), (3.0, 1.0));
 }
