@@ -24,39 +24,17 @@ from bench_doors import DOORS
 MILLION, CLUSTERS, RATE = 1_000_000, 1_000, 10_000
 
 
-def config(nodes: int) -> dict:
-    # Nodes outlive the fill (minutes at the wasm filter's rate): a TTL of 1 000 intervals.
-    return br.plugin_config("5s", nodes, ttl_multiplier=1000, max_nodes_per_cluster=nodes // CLUSTERS)
-
-
-def fleet(nodes: int) -> list:
-    return ["--nodes", nodes, "--clusters", CLUSTERS, "--connections", 64]
-
-
 def at_rate(running: br.Running, nodes: int) -> dict:
-    run = br.loadgen(running, "--rate", RATE, "--warmup", 1, "--duration", 5, *fleet(nodes))
+    run = br.loadgen(running, "--rate", RATE, "--warmup", 1, "--duration", 5, "--nodes", nodes, "--clusters",
+                     CLUSTERS, "--connections", 64)
     return {"achieved": run["pushes"]["achieved_rps"], "latency_ms": run["pushes"]["latency_ms"],
             "errors": run["pushes"]["error_count"]}
 
 
 def door_point(door, nodes: int) -> dict:
-    with door.start(config(nodes), 2) as running:
-        br.loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 1, "--body", "empty", *fleet(nodes))
-        idle_cpu, _ = br.trickle_cpu(running, 10)
-        rss0, heap0 = br.rss_bytes(running), br.envoy_heap(running)
-        started = time.monotonic()
-        fill = br.loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 600, "--max-pushes", nodes,
-                          *fleet(nodes))
-        fill_s = time.monotonic() - started
-        rss1, heap1 = br.rss_bytes(running), br.envoy_heap(running)
-        tracked = br.metric(running, "ingero_fleet_tracked_nodes")
-        busy_cpu, threads = br.trickle_cpu(running, 10)
-        return {"nodes": nodes, "tracked": tracked, "fill_s": fill_s, "fill_errors": fill["pushes"]["error_count"],
-                "rss_per_node": (rss1 - rss0) / nodes,
-                "heap_per_node": None if heap0 is None else (heap1 - heap0) / nodes,
-                # Two recomputes in the 10 s trickle (push_interval 5 s): half the extra CPU is one.
-                "recompute_cpu_ms": max(0.0, (busy_cpu - idle_cpu) * 10 * 1000 / 2),
-                "rate": at_rate(running, nodes)}
+    # bench_run's size point with 1 000 clusters, a 5 s interval and a 10 s trickle, then the offered rate.
+    return br.size_point(door, nodes, dict(br.FULL, idle=10), 2, clusters=CLUSTERS, interval_s=5,
+                         then=lambda running: at_rate(running, nodes))
 
 
 def native() -> dict:
@@ -83,11 +61,11 @@ def main() -> None:
           f"at {RATE:,}/s offered: achieved, p50 / p99 / p99.9 ms, errors |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for title, p in rows:
-        lat = p["rate"]["latency_ms"]
-        heap = "–" if p["heap_per_node"] is None else f"{p['heap_per_node']:.0f}"
-        print(f"| {title} | {p['tracked']:,.0f} | {p['fill_s']:.0f} | {heap} | {p['rss_per_node']:.0f} | "
-              f"{p['recompute_cpu_ms']:.0f} | {p['rate']['achieved']:,.0f}/s, {lat['p50']:.2f} / {lat['p99']:.2f} / "
-              f"{lat['p999']:.2f}, {p['rate']['errors']} |")
+        lat = p["then"]["latency_ms"]
+        heap = "–" if p["heap_bytes_per_node"] is None else f"{p['heap_bytes_per_node']:.0f}"
+        print(f"| {title} | {p['tracked']:,.0f} | {p['fill_s']:.0f} | {heap} | {p['bytes_per_node']:.0f} | "
+              f"{p['recompute_cpu_ms']:.0f} | {p['then']['achieved']:,.0f}/s, {lat['p50']:.2f} / {lat['p99']:.2f} / "
+              f"{lat['p999']:.2f}, {p['then']['errors']} |")
     print(f"\nNative `Fleet::tick`, {MILLION:,} nodes in {CLUSTERS} clusters ({n['shards']} shards): "
           f"{n['tick_ms']:.0f} ms (sweep {n['sweep_ms']:.0f}, statistics {n['statistics_ms']:.0f})")
 

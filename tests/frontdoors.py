@@ -21,6 +21,7 @@ import yaml
 
 from dynamic import dynamic_envoy
 from fleet import ROOT, WASM, Envoy, fleet_envoy, free_port, load_envoy, start_serving
+from peers import Collector, observe_envoy
 
 SERVER = ROOT / "target/debug/ingero-fleet"
 UPSTREAM_ENVOY = ROOT / "envoy/envoy-upstream.yaml"
@@ -187,8 +188,6 @@ def observe_door(config: dict, concurrency: int | None = None, server: Path = SE
     (the deployment guide's Option A). Not in FRONT_DOORS: it forwards every push and
     the collector, not Fleet, answers bad input, so only the conformance suite's
     threshold cases apply (tests/test_conformance.py `OBSERVED`)."""
-    from peers import Collector, observe_envoy
-
     with Collector({"debug": {"verbosity": "basic"}}) as collector:
         envoy, ports = observe_envoy(config, collector.otlp_port, concurrency=concurrency or 4)
         envoy.log_level = log_level
