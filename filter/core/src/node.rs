@@ -96,8 +96,10 @@ impl NodeRecord {
 /// What a recompute reads of a live node, borrowed from its shard.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LiveNode<'a> {
-    pub cluster: &'a str,
-    pub cohort: &'a str,
+    /// The cluster id as stored: UTF-8 is checked once per cohort, by the tally.
+    pub cluster: &'a [u8],
+    /// The cohort id as stored.
+    pub cohort: &'a [u8],
     pub score: f64,
     pub state: NodeState,
     pub world_size: Option<i64>,
@@ -107,8 +109,8 @@ impl NodeRecord {
     /// This record as the recompute sees it.
     pub fn live_node(&self) -> LiveNode<'_> {
         LiveNode {
-            cluster: &self.cluster,
-            cohort: &self.cohort,
+            cluster: self.cluster.as_bytes(),
+            cohort: self.cohort.as_bytes(),
             score: self.score,
             state: self.state,
             world_size: self.details.world_size,

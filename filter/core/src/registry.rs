@@ -170,9 +170,14 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
 
     /// Removes nodes not seen for more than `ttl_ms` and shows each live one to
     /// `visit`, borrowed from its shard: the sweep copies no record and holds one
-    /// shard at a time. Freed slots go back to the cluster table in one write,
-    /// also when a shard fails.
-    pub fn sweep(&self, now_ms: u64, ttl_ms: u64, mut visit: impl FnMut(LiveNode<'_>)) -> Result<(), FleetError> {
+    /// shard at a time; an error of `visit` fails the shard as unreadable. Freed
+    /// slots go back to the cluster table in one write, also when a shard fails.
+    pub fn sweep(
+        &self,
+        now_ms: u64,
+        ttl_ms: u64,
+        mut visit: impl FnMut(LiveNode<'_>) -> Result<(), ShardError>,
+    ) -> Result<(), FleetError> {
         let seed = self.seed()?;
         let mut expired = Vec::new();
         let mut key = String::new();
@@ -224,7 +229,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         key: &str,
         now_ms: u64,
         ttl_ms: u64,
-        visit: &mut impl FnMut(LiveNode<'_>),
+        visit: &mut impl FnMut(LiveNode<'_>) -> Result<(), ShardError>,
         expired: &mut Vec<u64>,
     ) -> Result<(), FleetError> {
         let live = |r: &Record<'_>| now_ms.saturating_sub(r.last_seen_ms()) <= ttl_ms;
@@ -234,7 +239,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
             // Most shards have nothing to expire: read them in place, with no allocation.
             if shard::records(bytes).all(|r| r.as_ref().is_ok_and(live)) {
                 for record in shard::records(bytes) {
-                    visit(record.and_then(|r| r.live_node()).map_err(unreadable)?);
+                    record.and_then(|r| visit(r.live_node()?)).map_err(unreadable)?;
                 }
                 return Ok::<_, FleetError>(Update::Keep(None));
             }
@@ -252,7 +257,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         if let Some((bytes, gone)) = rewritten {
             expired.extend(gone);
             for record in read_shard(key, &bytes)? {
-                visit(record.live_node().map_err(unreadable)?);
+                visit(record.live_node().map_err(unreadable)?).map_err(unreadable)?;
             }
         }
         Ok(())
@@ -418,7 +423,13 @@ mod tests {
     /// Sweeps and returns the live nodes' ids.
     fn live(reg: &Registry<'_, MemoryStore>, now_ms: u64, ttl_ms: u64) -> Vec<String> {
         let mut visited = 0;
-        assert_eq!(reg.sweep(now_ms, ttl_ms, |_| visited += 1), Ok(()));
+        assert_eq!(
+            reg.sweep(now_ms, ttl_ms, |_| {
+                visited += 1;
+                Ok(())
+            }),
+            Ok(())
+        );
         // The sweep removed the expired: what is stored now is what it visited.
         let live: Vec<String> = reg.records().unwrap_or_default().into_iter().map(|r| r.node).collect();
         assert_eq!(live.len(), visited);

@@ -119,8 +119,8 @@ impl<'a> Record<'a> {
     /// What a recompute reads, without decoding the details.
     pub fn live_node(&self) -> Result<LiveNode<'a>, ShardError> {
         Ok(LiveNode {
-            cluster: self.text(0)?,
-            cohort: self.text(1)?,
+            cluster: self.id(0),
+            cohort: self.id(1),
             score: f64::from_le_bytes(array(self.bytes, 12)),
             state: self.state()?,
             world_size: (self.bytes[29] == 1).then(|| i64::from_le_bytes(array(self.bytes, 20))),
@@ -134,9 +134,9 @@ impl<'a> Record<'a> {
         let details: NodeDetails =
             postcard::from_bytes(&self.bytes[details_at..]).map_err(|e| format!("a record's details: {e}"))?;
         Ok(NodeRecord {
-            cluster: live.cluster.to_owned(),
+            cluster: self.text(0)?.to_owned(),
             node: self.text(2)?.to_owned(),
-            cohort: live.cohort.to_owned(),
+            cohort: self.text(1)?.to_owned(),
             score: live.score,
             state: live.state,
             last_seen_ms: self.last_seen_ms(),

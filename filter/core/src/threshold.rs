@@ -6,10 +6,11 @@
 
 use crate::config::Config;
 use crate::node::{LiveNode, NodeState};
+use crate::shard::ShardError;
 use crate::stats::Spread;
 use crate::store::{decode, encode, StoreError};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 /// The agent accepts thresholds in this range only.
 pub const THRESHOLD_RANGE: (f64, f64) = (0.1, 0.99);
@@ -65,34 +66,60 @@ pub struct ThresholdBook {
 /// recompute holds 8 bytes per active node instead of every record.
 #[derive(Debug, Default)]
 pub struct CohortTally {
-    /// By cluster, then by cohort; ids are copied once per cohort, not per node.
-    clusters: BTreeMap<String, BTreeMap<String, Group>>,
+    /// Index into `groups` by [`group_key`]: one hash per node, where an ordered
+    /// map compared ids several times (the tally was most of a recompute). The
+    /// hasher's keys are random per map, so ids chosen to collide gain nothing.
+    index: HashMap<Box<[u8]>, usize>,
+    /// Every cohort met, in the order met; ids are copied once per cohort.
+    groups: Vec<Group>,
+    /// The key being looked up, reused from node to node.
+    key: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
+    cluster: String,
+    cohort: String,
     active_scores: Vec<f64>,
     live_nodes: u32,
     world_size: u32,
 }
 
+/// One key per (cluster, cohort): the cluster's length first, so no two pairs share a key.
+fn group_key(key: &mut Vec<u8>, cluster: &[u8], cohort: &[u8]) {
+    key.clear();
+    key.extend_from_slice(&(cluster.len() as u64).to_le_bytes());
+    key.extend_from_slice(cluster);
+    key.extend_from_slice(cohort);
+}
+
 impl CohortTally {
-    /// Counts one live node.
-    pub fn add(&mut self, record: LiveNode<'_>) {
-        let cohorts = match self.clusters.get_mut(record.cluster) {
-            Some(cohorts) => cohorts,
-            None => self.clusters.entry(record.cluster.to_owned()).or_default(),
+    /// Counts one live node; its ids are checked as UTF-8 once per cohort, when first met.
+    pub fn add(&mut self, node: LiveNode<'_>) -> Result<(), ShardError> {
+        group_key(&mut self.key, node.cluster, node.cohort);
+        let at = match self.index.get(self.key.as_slice()) {
+            Some(at) => *at,
+            None => {
+                let text = |id: &[u8]| String::from_utf8(id.to_vec()).map_err(|e| format!("an id is not UTF-8: {e}"));
+                self.groups.push(Group {
+                    cluster: text(node.cluster)?,
+                    cohort: text(node.cohort)?,
+                    active_scores: Vec::new(),
+                    live_nodes: 0,
+                    world_size: 0,
+                });
+                self.index.insert(self.key.as_slice().into(), self.groups.len() - 1);
+                self.groups.len() - 1
+            }
         };
-        let group = match cohorts.get_mut(record.cohort) {
-            Some(group) => group,
-            None => cohorts.entry(record.cohort.to_owned()).or_default(),
-        };
+        let group = &mut self.groups[at];
         group.live_nodes += 1;
-        if record.state == NodeState::Active {
-            group.active_scores.push(record.score);
+        if node.state == NodeState::Active {
+            group.active_scores.push(node.score);
         }
-        let world_size = record.world_size.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
+        let world_size = node.world_size.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
         group.world_size = group.world_size.max(world_size);
+        Ok(())
     }
 }
 
@@ -104,18 +131,25 @@ impl ThresholdBook {
     /// nodes each name their own cohort cannot grow the book, `/metrics` or the listings.
     pub fn next(&self, tally: CohortTally, config: &Config, epoch: u64, now_ms: u64) -> ThresholdBook {
         let cap = config.max_cohorts_per_cluster as usize;
-        let mut cohorts = Vec::new();
+        let mut groups = tally.groups;
+        groups.sort_unstable_by(|a, b| (&a.cluster, &a.cohort).cmp(&(&b.cluster, &b.cohort)));
+        let mut kept = vec![true; groups.len()];
         let mut cohorts_over_cap = 0u32;
-        for (cluster, mut groups) in tally.clusters {
-            if groups.len() > cap {
-                let keep = largest_cohorts(&groups, cap);
-                cohorts_over_cap = cohorts_over_cap.saturating_add((groups.len() - keep.len()) as u32);
-                groups.retain(|cohort, _| keep.contains(cohort));
+        let mut start = 0;
+        for cluster in groups.chunk_by(|a, b| a.cluster == b.cluster) {
+            if cluster.len() > cap {
+                let keep = largest_cohorts(cluster, cap);
+                cohorts_over_cap = cohorts_over_cap.saturating_add((cluster.len() - keep.len()) as u32);
+                for (i, kept) in kept[start..start + cluster.len()].iter_mut().enumerate() {
+                    *kept = keep.contains(&i);
+                }
             }
-            for (cohort, group) in groups {
-                let previous = self.cohort(&cluster, &cohort).and_then(|s| s.threshold);
-                cohorts.push(snapshot(cluster.clone(), cohort, group, previous, config));
-            }
+            start += cluster.len();
+        }
+        let mut cohorts = Vec::with_capacity(groups.len());
+        for (group, _) in groups.into_iter().zip(kept).filter(|(_, kept)| *kept) {
+            let previous = self.cohort(&group.cluster, &group.cohort).and_then(|s| s.threshold);
+            cohorts.push(snapshot(group, previous, config));
         }
         ThresholdBook { epoch, computed_at_ms: now_ms, cohorts, cohorts_over_cap }
     }
@@ -145,30 +179,25 @@ impl ThresholdBook {
     }
 }
 
-/// The ids of the `cap` cohorts a recompute keeps: the default one, then the
-/// most live nodes, then the first ids. One pass, O(cohorts × cap), no sort.
-fn largest_cohorts(groups: &BTreeMap<String, Group>, cap: usize) -> Vec<String> {
-    // Best first: (is the default cohort, live nodes); ties keep the earlier id (map order).
-    let mut kept: Vec<(bool, u32, &String)> = Vec::with_capacity(cap + 1);
-    for (cohort, group) in groups {
-        let rank = (cohort.is_empty(), group.live_nodes);
+/// Which of one cluster's cohorts (sorted by id) a recompute keeps, `cap` at
+/// most: the default one, then the most live nodes, then the first ids.
+/// One pass, O(cohorts × cap), no sort.
+fn largest_cohorts(cohorts: &[Group], cap: usize) -> Vec<usize> {
+    // Best first: (is the default cohort, live nodes); ties keep the earlier id.
+    let mut kept: Vec<(bool, u32, usize)> = Vec::with_capacity(cap + 1);
+    for (i, group) in cohorts.iter().enumerate() {
+        let rank = (group.cohort.is_empty(), group.live_nodes);
         let at = kept.iter().position(|(d, n, _)| rank > (*d, *n)).unwrap_or(kept.len());
         if at < cap {
-            kept.insert(at, (rank.0, rank.1, cohort));
+            kept.insert(at, (rank.0, rank.1, i));
             kept.truncate(cap);
         }
     }
-    kept.into_iter().map(|(_, _, cohort)| cohort.clone()).collect()
+    kept.into_iter().map(|(_, _, i)| i).collect()
 }
 
-fn snapshot(
-    cluster: String,
-    cohort: String,
-    group: Group,
-    previous: Option<f64>,
-    config: &Config,
-) -> ThresholdSnapshot {
-    let scores = group.active_scores;
+fn snapshot(group: Group, previous: Option<f64>, config: &Config) -> ThresholdSnapshot {
+    let Group { cluster, cohort, active_scores: scores, live_nodes, world_size } = group;
     let active_nodes = scores.len() as u32;
     let spread = Spread::of(&mut scores.clone(), config.k);
     let threshold = spread.filter(|_| active_nodes >= config.statistical_min).map(|s| {
@@ -179,7 +208,6 @@ fn snapshot(
         smoothed.clamp(THRESHOLD_RANGE.0, THRESHOLD_RANGE.1)
     });
     let stragglers = threshold.map_or(0, |t| scores.iter().filter(|s| *s + STRAGGLER_EPSILON < t).count() as u32);
-    let world_size = group.world_size;
     let mut histogram = vec![0u32; HISTOGRAM_BINS];
     for s in &scores {
         let bin = ((s * HISTOGRAM_BINS as f64) as usize).min(HISTOGRAM_BINS - 1);
@@ -189,7 +217,7 @@ fn snapshot(
         cluster,
         cohort,
         active_nodes,
-        live_nodes: group.live_nodes,
+        live_nodes,
         median: spread.map_or(0.0, |s| s.median),
         mad: spread.map_or(0.0, |s| s.mad),
         threshold,
@@ -219,7 +247,7 @@ mod tests {
 
     fn tally(records: &[NodeRecord]) -> CohortTally {
         let mut tally = CohortTally::default();
-        records.iter().for_each(|r| tally.add(r.live_node()));
+        records.iter().for_each(|r| assert_eq!(tally.add(r.live_node()), Ok(())));
         tally
     }
 
@@ -296,6 +324,34 @@ mod tests {
         assert!(close(book.threshold("a", "cg1"), RAW - 0.2));
         assert_eq!(book.threshold("c", ""), None);
         assert_eq!(book.cohorts.len(), 3);
+    }
+
+    #[test]
+    fn ids_that_concatenate_alike_are_different_cohorts_and_the_book_is_sorted() {
+        let mut live = records("ab", &[0.5; 5]);
+        live.extend((0..5).map(|i| record("a", "bc", 10 + i, 0.7)));
+        live.extend((0..5).map(|i| record("a", "", 20 + i, 0.9)));
+        live.reverse();
+        let book = ThresholdBook::default().next(tally(&live), &Config::default(), 1, 0);
+        let ids: Vec<(&str, &str)> = book.cohorts.iter().map(|s| (s.cluster.as_str(), s.cohort.as_str())).collect();
+        assert_eq!(ids, [("a", ""), ("a", "bc"), ("ab", "")]);
+        assert!(close(book.threshold("a", "bc"), 0.7) && close(book.threshold("ab", ""), 0.5));
+    }
+
+    #[test]
+    fn an_id_that_is_not_utf8_is_an_error_not_a_cohort() {
+        let mut tally = CohortTally::default();
+        let node = |cohort: &'static [u8]| LiveNode {
+            cluster: b"c",
+            cohort,
+            score: 0.5,
+            state: NodeState::Active,
+            world_size: None,
+        };
+        assert_eq!(tally.add(node(b"ok")), Ok(()));
+        assert!(tally.add(node(b"\xff")).is_err_and(|e| e.contains("UTF-8")));
+        let book = ThresholdBook::default().next(tally, &Config::default(), 1, 0);
+        assert_eq!(book.cohorts.len(), 1);
     }
 
     #[test]
