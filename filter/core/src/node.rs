@@ -100,17 +100,21 @@ pub struct LiveNode<'a> {
     pub cluster: &'a [u8],
     /// The cohort id as stored.
     pub cohort: &'a [u8],
+    /// The record's [`crate::shard::cohort_key`]: the tally groups by it and
+    /// reads the ids once per key.
+    pub cohort_key: u64,
     pub score: f64,
     pub state: NodeState,
     pub world_size: Option<i64>,
 }
 
 impl NodeRecord {
-    /// This record as the recompute sees it.
-    pub fn live_node(&self) -> LiveNode<'_> {
+    /// This record as the recompute sees it, stored with `cohort_key`.
+    pub fn live_node(&self, cohort_key: u64) -> LiveNode<'_> {
         LiveNode {
             cluster: self.cluster.as_bytes(),
             cohort: self.cohort.as_bytes(),
+            cohort_key,
             score: self.score,
             state: self.state,
             world_size: self.details.world_size,

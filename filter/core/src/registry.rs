@@ -130,7 +130,9 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         let seed = self.seed()?;
         let key = shard_key(self.shard_of(&seed, &score.cluster, &score.node));
         let cluster = cluster_hash(&seed, &score.cluster);
-        let fresh = shard::encode(&NodeRecord::new(score, now_ms)).map_err(|e| shard_error(&key, "encoded", e))?;
+        let cohort = shard::cohort_key(&seed, &score.cluster, &score.cohort);
+        let fresh =
+            shard::encode(&NodeRecord::new(score, now_ms), cohort).map_err(|e| shard_error(&key, "encoded", e))?;
         let mut reserved = false;
         let result = update(self.store, &key, |bytes| {
             // The shard's other records are copied as they are, never decoded.

@@ -14,12 +14,14 @@
 //! | 28 | state: 0 active, 1 calibrating, 2 idle |
 //! | 29 | 1 when `world_size` is present |
 //! | 30..32, 32..34, 34..36 | lengths of the cluster, cohort and node ids |
-//! | 36.. | the three ids (UTF-8), then the details (postcard) |
+//! | 36..44 | [`cohort_key`], so a recompute groups nodes without reading their ids |
+//! | 44.. | the three ids (UTF-8), then the details (postcard) |
 
 use crate::node::{LiveNode, NodeDetails, NodeRecord, NodeState};
+use crate::seed::HashSeed;
 
 /// The fixed part of a record.
-const HEAD: usize = 36;
+const HEAD: usize = 44;
 
 /// One stored record, borrowed from its shard; its head and id lengths are checked.
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +123,7 @@ impl<'a> Record<'a> {
         Ok(LiveNode {
             cluster: self.id(0),
             cohort: self.id(1),
+            cohort_key: u64::from_le_bytes(array(self.bytes, 36)),
             score: f64::from_le_bytes(array(self.bytes, 12)),
             state: self.state()?,
             world_size: (self.bytes[29] == 1).then(|| i64::from_le_bytes(array(self.bytes, 20))),
@@ -145,8 +148,14 @@ impl<'a> Record<'a> {
     }
 }
 
-/// `record`'s stored form.
-pub fn encode(record: &NodeRecord) -> Result<Vec<u8>, ShardError> {
+/// The key a record of (`cluster`, `cohort`) is stored with: keyed by the
+/// deployment's seed, so ids cannot be chosen to collide.
+pub fn cohort_key(seed: &HashSeed, cluster: &str, cohort: &str) -> u64 {
+    seed.hash(&["cohort", cluster, cohort])
+}
+
+/// `record`'s stored form, with its `cohort_key`.
+pub fn encode(record: &NodeRecord, cohort_key: u64) -> Result<Vec<u8>, ShardError> {
     let ids = [&record.cluster, &record.cohort, &record.node];
     let mut lens = [0u16; 3];
     for (len, id) in lens.iter_mut().zip(ids) {
@@ -166,6 +175,7 @@ pub fn encode(record: &NodeRecord) -> Result<Vec<u8>, ShardError> {
     });
     out.push(u8::from(record.details.world_size.is_some()));
     lens.iter().for_each(|l| out.extend_from_slice(&l.to_le_bytes()));
+    out.extend_from_slice(&cohort_key.to_le_bytes());
     ids.iter().for_each(|id| out.extend_from_slice(id.as_bytes()));
     out.extend_from_slice(&details);
     Ok(out)
@@ -198,12 +208,12 @@ mod tests {
     #[test]
     fn records_read_back_whole_and_as_a_recompute_sees_them() {
         let stored = [record("n1", Some(64), NodeState::Active), record("n-2", None, NodeState::Idle)];
-        let shard: Vec<u8> = stored.iter().flat_map(|r| encode(r).unwrap_or_default()).collect();
+        let shard: Vec<u8> = stored.iter().flat_map(|r| encode(r, 7).unwrap_or_default()).collect();
         let read: Vec<Record<'_>> = records(&shard).collect::<Result<_, _>>().unwrap_or_default();
         assert_eq!(read.len(), 2);
         for (r, want) in read.iter().zip(&stored) {
             assert_eq!(r.to_node_record().as_ref(), Ok(want));
-            assert_eq!(r.live_node(), Ok(want.live_node()));
+            assert_eq!(r.live_node(), Ok(want.live_node(7)));
             assert_eq!(r.last_seen_ms(), want.last_seen_ms);
             assert!(r.is_node("c1", &want.node) && !r.is_node("c2", &want.node) && !r.is_node("c1", "n"));
         }
@@ -212,7 +222,7 @@ mod tests {
 
     #[test]
     fn a_malformed_shard_is_an_error_never_fewer_records() {
-        let whole = encode(&record("n1", None, NodeState::Active)).unwrap_or_default();
+        let whole = encode(&record("n1", None, NodeState::Active), 7).unwrap_or_default();
         for cut in [1, HEAD - 1, HEAD + 3, whole.len() - 1] {
             let errors = records(&whole[..cut]).filter(Result::is_err).count();
             assert_eq!(errors, 1, "cut at {cut}");

@@ -14,8 +14,9 @@ use thiserror::Error;
 
 /// Prefix of every shared-data key, so other plugins in one VM id never collide.
 /// v2: shard keys come from the keyed hash (a v1 layout is never read);
-/// v3: shard records in `shard.rs`'s layout (a v2 shard is never read).
-pub const KEY_PREFIX: &str = "ingero_fleet/v3/";
+/// v3: shard records in `shard.rs`'s layout (a v2 shard is never read);
+/// v4: records carry their cohort key.
+pub const KEY_PREFIX: &str = "ingero_fleet/v4/";
 
 /// Bytes of entropy a host gives for the per-deployment hash seed.
 pub const SEED_BYTES: usize = 16;

@@ -11,6 +11,7 @@ use crate::stats::Spread;
 use crate::store::{decode, encode, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// The agent accepts thresholds in this range only.
 pub const THRESHOLD_RANGE: (f64, f64) = (0.1, 0.99);
@@ -66,14 +67,15 @@ pub struct ThresholdBook {
 /// recompute holds 8 bytes per active node instead of every record.
 #[derive(Debug, Default)]
 pub struct CohortTally {
-    /// Index into `groups` by [`group_key`]: one hash per node, where an ordered
-    /// map compared ids several times (the tally was most of a recompute). The
-    /// hasher's keys are random per map, so ids chosen to collide gain nothing.
-    index: HashMap<Box<[u8]>, usize>,
+    /// Group by the cohort key a record was stored with, which identifies its
+    /// cohort as the cluster table's keyed hash identifies a cluster: a node's
+    /// ids are neither hashed nor read (reading them was most of a recompute).
+    by_key: HashMap<u64, usize, BuildHasherDefault<KeyedHash>>,
+    /// Group by ids ([`group_ids`]), read once per key: a cohort whose records
+    /// were written under two seeds has two keys and is still one group.
+    by_ids: HashMap<Box<[u8]>, usize>,
     /// Every cohort met, in the order met; ids are copied once per cohort.
     groups: Vec<Group>,
-    /// The key being looked up, reused from node to node.
-    key: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -85,32 +87,35 @@ struct Group {
     world_size: u32,
 }
 
+/// Hashes a cohort key to itself: keys come from the deployment's keyed
+/// SipHash, already uniform and unknown to clients.
+#[derive(Debug, Default)]
+struct KeyedHash(u64);
+
+impl Hasher for KeyedHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the map's keys are u64); fold anything else in.
+        bytes.iter().for_each(|b| self.0 = self.0.rotate_left(8) ^ u64::from(*b));
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
 /// One key per (cluster, cohort): the cluster's length first, so no two pairs share a key.
-fn group_key(key: &mut Vec<u8>, cluster: &[u8], cohort: &[u8]) {
-    key.clear();
-    key.extend_from_slice(&(cluster.len() as u64).to_le_bytes());
-    key.extend_from_slice(cluster);
-    key.extend_from_slice(cohort);
+fn group_ids(cluster: &[u8], cohort: &[u8]) -> Box<[u8]> {
+    [&(cluster.len() as u64).to_le_bytes()[..], cluster, cohort].concat().into_boxed_slice()
 }
 
 impl CohortTally {
-    /// Counts one live node; its ids are checked as UTF-8 once per cohort, when first met.
+    /// Counts one live node; ids are read, and checked as UTF-8, once per cohort key.
     pub fn add(&mut self, node: LiveNode<'_>) -> Result<(), ShardError> {
-        group_key(&mut self.key, node.cluster, node.cohort);
-        let at = match self.index.get(self.key.as_slice()) {
-            Some(at) => *at,
-            None => {
-                let text = |id: &[u8]| String::from_utf8(id.to_vec()).map_err(|e| format!("an id is not UTF-8: {e}"));
-                self.groups.push(Group {
-                    cluster: text(node.cluster)?,
-                    cohort: text(node.cohort)?,
-                    active_scores: Vec::new(),
-                    live_nodes: 0,
-                    world_size: 0,
-                });
-                self.index.insert(self.key.as_slice().into(), self.groups.len() - 1);
-                self.groups.len() - 1
-            }
+        let at = match self.by_key.get(&node.cohort_key) {
+            Some(&at) => at,
+            None => self.group_of(&node)?,
         };
         let group = &mut self.groups[at];
         group.live_nodes += 1;
@@ -120,6 +125,28 @@ impl CohortTally {
         let world_size = node.world_size.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32;
         group.world_size = group.world_size.max(world_size);
         Ok(())
+    }
+
+    /// The group of `node`'s ids, created when new, under `node`'s key from now on.
+    fn group_of(&mut self, node: &LiveNode<'_>) -> Result<usize, ShardError> {
+        let ids = group_ids(node.cluster, node.cohort);
+        let at = match self.by_ids.get(&ids) {
+            Some(&at) => at,
+            None => {
+                let text = |id: &[u8]| String::from_utf8(id.to_vec()).map_err(|e| format!("an id is not UTF-8: {e}"));
+                self.groups.push(Group {
+                    cluster: text(node.cluster)?,
+                    cohort: text(node.cohort)?,
+                    active_scores: Vec::new(),
+                    live_nodes: 0,
+                    world_size: 0,
+                });
+                self.by_ids.insert(ids, self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        self.by_key.insert(node.cohort_key, at);
+        Ok(at)
     }
 }
 
@@ -232,6 +259,8 @@ fn snapshot(group: Group, previous: Option<f64>, config: &Config) -> ThresholdSn
 mod tests {
     use super::*;
     use crate::node::{NodeDetails, NodeRecord};
+    use crate::seed::HashSeed;
+    use crate::shard::cohort_key;
 
     fn record(cluster: &str, cohort: &str, node: usize, score: f64) -> NodeRecord {
         NodeRecord {
@@ -245,9 +274,13 @@ mod tests {
         }
     }
 
+    fn key(r: &NodeRecord) -> u64 {
+        cohort_key(&HashSeed::from_bytes([7; 16]), &r.cluster, &r.cohort)
+    }
+
     fn tally(records: &[NodeRecord]) -> CohortTally {
         let mut tally = CohortTally::default();
-        records.iter().for_each(|r| assert_eq!(tally.add(r.live_node()), Ok(())));
+        records.iter().for_each(|r| assert_eq!(tally.add(r.live_node(key(r))), Ok(())));
         tally
     }
 
@@ -339,6 +372,22 @@ mod tests {
     }
 
     #[test]
+    fn a_cohort_stored_under_two_seeds_is_one_group() {
+        let live: Vec<NodeRecord> = (0..30).map(|i| record(["a", "b"][i % 2], ["", "x"][i / 15], i, 0.5)).collect();
+        let under = |seed_of: &dyn Fn(usize) -> u8| {
+            let mut tally = CohortTally::default();
+            for (i, r) in live.iter().enumerate() {
+                let key = cohort_key(&HashSeed::from_bytes([seed_of(i); 16]), &r.cluster, &r.cohort);
+                assert_eq!(tally.add(r.live_node(key)), Ok(()));
+            }
+            ThresholdBook::default().next(tally, &Config::default(), 1, 0)
+        };
+        let one_seed = under(&|_| 1);
+        assert_eq!(one_seed.cohorts.iter().map(|s| s.active_nodes).collect::<Vec<_>>(), [8, 7, 7, 8]);
+        assert_eq!(under(&|i| (i % 3) as u8), one_seed);
+    }
+
+    #[test]
     fn an_id_that_is_not_utf8_is_an_error_not_a_cohort() {
         let mut tally = CohortTally::default();
         let node = |cohort: &'static [u8]| LiveNode {
@@ -347,6 +396,7 @@ mod tests {
             score: 0.5,
             state: NodeState::Active,
             world_size: None,
+            cohort_key: cohort.len() as u64,
         };
         assert_eq!(tally.add(node(b"ok")), Ok(()));
         assert!(tally.add(node(b"\xff")).is_err_and(|e| e.contains("UTF-8")));
