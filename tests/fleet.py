@@ -116,6 +116,16 @@ def threshold(port: int, cluster: str, cohort: str | None = None) -> Response:
     return request(port, "GET", path, headers={"Accept": "application/json"})
 
 
+def until_piggybacked(send, threshold: float, headers=lambda answer: answer.headers):
+    """Repeats `send()` until its answer's headers carry `threshold` and returns that answer:
+    the worker that takes a request picks a newly published threshold up on its next tick."""
+    def carried():
+        answer = send()
+        value = headers(answer).get("x-ingero-threshold")
+        return answer if value is not None and abs(float(value) - threshold) < 1e-12 else None
+    return wait_for(carried, timeout=5.0, what=f"an answer carrying the threshold {threshold}")
+
+
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, what: str = "condition"):
     """Polls until predicate() returns a truthy value; returns it."""
     deadline = time.monotonic() + timeout
