@@ -22,7 +22,6 @@ use crate::seed::HashSeed;
 use crate::shard::{self, Record, ShardError};
 use crate::store::{update, SharedStore, StoreError, Update, KEY_PREFIX};
 use std::cell::OnceCell;
-use std::collections::BTreeMap;
 
 /// Target records per shard at `max_expected_nodes`.
 const NODES_PER_SHARD: u32 = 16;
@@ -317,34 +316,42 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
 /// last node expires. Fixed-width encoding: (hash u64, nodes u32) little-endian.
 #[derive(Debug, Default, PartialEq)]
 struct ClusterTable {
-    nodes: BTreeMap<u64, u32>,
+    /// (cluster hash, nodes) sorted by hash, as stored: a new node's push reads
+    /// and writes the table, so it is a flat list, not a tree built per read.
+    nodes: Vec<(u64, u32)>,
 }
 
 const TABLE_ENTRY_BYTES: usize = 12;
 
 impl ClusterTable {
     fn total(&self) -> u32 {
-        self.nodes.values().fold(0u32, |sum, n| sum.saturating_add(*n))
+        self.nodes.iter().fold(0u32, |sum, (_, n)| sum.saturating_add(*n))
     }
 
     fn len(&self) -> u32 {
         u32::try_from(self.nodes.len()).unwrap_or(u32::MAX)
     }
 
+    fn find(&self, id: u64) -> Result<usize, usize> {
+        self.nodes.binary_search_by_key(&id, |(id, _)| *id)
+    }
+
     fn nodes_of(&self, id: u64) -> Option<u32> {
-        self.nodes.get(&id).copied()
+        self.find(id).ok().map(|at| self.nodes[at].1)
     }
 
     fn add(&mut self, id: u64) {
-        let n = self.nodes.entry(id).or_insert(0);
-        *n = n.saturating_add(1);
+        match self.find(id) {
+            Ok(at) => self.nodes[at].1 = self.nodes[at].1.saturating_add(1),
+            Err(at) => self.nodes.insert(at, (id, 1)),
+        }
     }
 
     fn remove(&mut self, id: u64) {
-        if let Some(n) = self.nodes.get_mut(&id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.nodes.remove(&id);
+        if let Ok(at) = self.find(id) {
+            self.nodes[at].1 = self.nodes[at].1.saturating_sub(1);
+            if self.nodes[at].1 == 0 {
+                self.nodes.remove(at);
             }
         }
     }
@@ -358,23 +365,26 @@ impl ClusterTable {
         out
     }
 
-    /// A torn table is an error: read as empty it would free every slot.
+    /// A torn or unordered table is an error: read as empty it would free every slot.
     fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
+        let unreadable = |reason: String| StoreError::Format { key: key.to_owned(), action: "decoded", reason };
         let entries = bytes.chunks_exact(TABLE_ENTRY_BYTES);
         if !entries.remainder().is_empty() {
-            return Err(StoreError::Format {
-                key: key.to_owned(),
-                action: "decoded",
-                reason: format!("{} bytes is not a whole number of {TABLE_ENTRY_BYTES}-byte entries", bytes.len()),
-            });
+            return Err(unreadable(format!(
+                "{} bytes is not a whole number of {TABLE_ENTRY_BYTES}-byte entries",
+                bytes.len()
+            )));
         }
-        let mut nodes = BTreeMap::new();
+        let mut nodes = Vec::with_capacity(entries.len());
         for e in entries {
             let (id, n) = e.split_at(8);
             let le = |b: &[u8]| b.iter().rev().fold(0u64, |v, byte| (v << 8) | u64::from(*byte));
-            let n = le(n) as u32;
-            if n > 0 {
-                nodes.insert(le(id), n);
+            let entry = (le(id), le(n) as u32);
+            if nodes.last().is_some_and(|(last, _)| *last >= entry.0) {
+                return Err(unreadable(format!("cluster {:#x} is out of order", entry.0)));
+            }
+            if entry.1 > 0 {
+                nodes.push(entry);
             }
         }
         Ok(Self { nodes })
@@ -417,6 +427,7 @@ mod tests {
     use super::*;
     use crate::node::{NodeDetails, NodeState};
     use crate::store::MemoryStore;
+    use std::collections::BTreeMap;
 
     fn caps(nodes: u32) -> NodeCaps {
         NodeCaps { nodes, nodes_per_cluster: nodes, clusters: 1_000, retry_after_s: 1 }
@@ -525,6 +536,31 @@ mod tests {
         assert_eq!((table.total(), table.len()), (3, 1));
         assert_eq!(ClusterTable::decode("k", &table.encode()), Ok(table));
         assert!(matches!(ClusterTable::decode("k", b"torn"), Err(StoreError::Format { .. })));
+        let unordered: Vec<u8> =
+            [9u64, 8].iter().flat_map(|id| [&id.to_le_bytes()[..], &1u32.to_le_bytes()].concat()).collect();
+        assert!(matches!(ClusterTable::decode("k", &unordered), Err(StoreError::Format { .. })));
+    }
+
+    #[test]
+    fn cluster_table_counts_like_a_map() {
+        let (mut table, mut model) = (ClusterTable::default(), BTreeMap::<u64, u32>::new());
+        for step in 0..2_000u64 {
+            let id = step.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 97;
+            if step % 3 == 2 {
+                table.remove(id);
+                if let Some(n) = model.get_mut(&id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        model.remove(&id);
+                    }
+                }
+            } else {
+                table.add(id);
+                *model.entry(id).or_default() += 1;
+            }
+        }
+        assert_eq!(table.nodes, model.into_iter().collect::<Vec<_>>());
+        assert_eq!(ClusterTable::decode("k", &table.encode()), Ok(table));
     }
 
     #[test]
