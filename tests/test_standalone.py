@@ -15,7 +15,8 @@ import subprocess
 import pytest
 import yaml
 
-from fleet import ROOT, WASM, Envoy, agent_push, free_port, push, request, scrape, threshold, wait_for
+from fleet import (ROOT, WASM, Envoy, agent_push, expected_threshold, free_port, push, request, scrape,
+                   threshold, wait_for)
 from frontdoors import Standalone, render_upstream
 
 
@@ -58,6 +59,39 @@ def test_listen_addresses_are_checked_at_start():
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         assert f"cannot listen on listen.api = {address}" in refused({"listen": {"api": address}})
     assert 'listen.metrics = "" must be a non-empty string' in refused({"listen": {"metrics": ""}})
+
+
+def test_an_envoy_on_the_same_host_reaches_the_server_over_a_unix_socket(tmp_path):
+    """`listen.otlp_http: unix:/path` with Envoy's `pipe` address: pushes go over the socket.
+    A socket file left by an earlier run is replaced; the threshold is what the pushes make."""
+    sock = tmp_path / "push.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock))
+    stale.close()
+    with Standalone({"push_interval": "1s", "listen": {"otlp_http": f"unix:{sock}"}}) as server:
+        assert f"listen.otlp_http: listening on unix:{sock}" in server.log()
+        listen = {name: free_port() for name in server.ports}
+        config = render_upstream(listen, server.ports, free_port())
+        pushes = next(c for c in config["static_resources"]["clusters"] if c["name"] == "fleet_otlp_http")
+        pushes["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = {
+            "pipe": {"path": str(sock)}}
+        scores = [0.9, 0.88, 0.93, 0.86, 0.91]
+        with Envoy(config):
+            for i, score in enumerate(scores):
+                r = push(listen["otlp_http"], "piped", agent_push(f"n{i}", score, cluster="piped"))
+                assert (r.status, r.body) == (200, b"{}")
+            want = expected_threshold(scores)
+            wait_for(lambda: abs(threshold(listen["api"], "piped").json().get("threshold", 0) - want) < 1e-9,
+                     what="the threshold of the piped pushes")
+        assert scrape(server.door.metrics)["ingero_fleet_total_pushes"] == len(scores)
+
+
+def test_a_unix_socket_never_replaces_a_file_that_is_not_a_socket(tmp_path):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("not a socket")
+    assert f"cannot listen on listen.api = unix:{keep}: {keep} exists and is not a socket" in refused(
+        {"listen": {"api": f"unix:{keep}"}})
+    assert keep.read_text() == "not a socket"
 
 
 def test_bad_yaml_a_missing_file_and_bad_arguments_are_refused(tmp_path):

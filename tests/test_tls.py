@@ -178,6 +178,13 @@ def test_server_only_tls_and_tls_on_the_api(pki):
         server.__exit__(None, None, None)
 
 
+def test_tls_is_not_served_on_a_unix_socket(pki, tmp_path):
+    server = Standalone(tls_config(pki) | {"listen": {"otlp_http": f"unix:{tmp_path / 'push.sock'}"}})
+    assert server.start().wait(timeout=30) == 2, server.log()
+    assert "cannot listen on listen.otlp_http" in server.log()
+    assert "TLS is not served on a Unix socket" in server.log()
+
+
 @contextmanager
 def push_in_flight(port: int, pki, cluster: str):
     """A push whose body is half sent on a connection made with the old

@@ -9,6 +9,7 @@ mod error;
 mod grpc;
 mod http;
 mod limits;
+mod listener;
 mod logging;
 mod refusals;
 mod reload;
@@ -19,6 +20,7 @@ mod tls;
 
 use error::ServerError;
 use ingero_fleet_core::config::{Listen, RouteSet};
+use listener::Listener;
 use logging::{Format, Logging};
 use serve::Port;
 use shutdown::Received;
@@ -28,7 +30,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tls::Tls;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -209,10 +210,15 @@ async fn serve(state: Arc<State>, mut reloader: reload::Reloader) -> Result<(), 
     failure.map_or(Ok(()), |reason| Err(ServerError::Io(std::io::Error::other(reason))))
 }
 
-async fn bind(key: &'static str, addr: &str, tls: bool) -> Result<TcpListener, ServerError> {
-    let listener =
-        TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { key, addr: addr.to_owned(), source })?;
-    tracing::info!("{key}: listening on {}{}", listener.local_addr()?, if tls { " (TLS)" } else { "" });
+async fn bind(key: &'static str, addr: &str, tls: bool) -> Result<Listener, ServerError> {
+    let failed = |source| ServerError::Bind { key, addr: addr.to_owned(), source };
+    if tls && addr.starts_with(listener::UNIX_PREFIX) {
+        return Err(failed(std::io::Error::other(
+            "TLS is not served on a Unix socket (its file permissions guard it)",
+        )));
+    }
+    let listener = Listener::bind(addr).await.map_err(failed)?;
+    tracing::info!("{key}: listening on {}{}", listener.local()?, if tls { " (TLS)" } else { "" });
     Ok(listener)
 }
 

@@ -6,6 +6,7 @@
 
 use crate::body::{self, Cut, CutFlag, Guarded};
 use crate::limits::Limits;
+use crate::listener::{Listener, Stream};
 use crate::refusals;
 use crate::shutdown;
 use crate::tls::{self, Tls};
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -41,7 +42,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Port {
     /// The configuration key of its address, e.g. `otlp_http`; names it in logs.
     pub name: &'static str,
-    pub listener: TcpListener,
+    pub listener: Listener,
     pub handler: Handler,
     /// TLS settings when this port serves TLS.
     pub tls: Option<Arc<Tls>>,
@@ -139,15 +140,15 @@ pub async fn run(port: Port, limits: Limits, stop: watch::Receiver<bool>) -> std
             () = shutdown::announced(stop.clone()) => break,
         };
         match accepted {
-            Ok((tcp, peer)) => {
+            Ok((stream, peer)) => {
                 let Ok(permit) = connections.clone().try_acquire_owned() else {
                     tracing::debug!(port = name, %peer, "connection refused: limits.max_connections reached");
                     refusals::connection(name, "max_connections");
-                    drop(tcp);
+                    drop(stream);
                     continue;
                 };
                 let span = tracing::debug_span!("conn", port = name, %peer);
-                let task = connection(shared.clone(), tcp, stop.clone());
+                let task = connection(shared.clone(), stream, stop.clone());
                 tasks.spawn(
                     async move {
                         task.await;
@@ -170,7 +171,16 @@ pub async fn run(port: Port, limits: Limits, stop: watch::Receiver<bool>) -> std
 }
 
 /// One accepted connection: TLS first where configured, then HTTP.
-async fn connection(shared: Arc<Shared>, tcp: TcpStream, stop: watch::Receiver<bool>) {
+async fn connection(shared: Arc<Shared>, stream: Stream, stop: watch::Receiver<bool>) {
+    let tcp = match stream {
+        Stream::Tcp(tcp) => tcp,
+        // A Unix socket never serves TLS (refused at bind): its file's permissions guard it.
+        Stream::Unix(unix) => return serve_http(shared, TokioIo::new(unix), stop).await,
+    };
+    tls_or_plain(shared, tcp, stop).await;
+}
+
+async fn tls_or_plain(shared: Arc<Shared>, tcp: TcpStream, stop: watch::Receiver<bool>) {
     let _ = tcp.set_nodelay(true);
     let Some(tls) = shared.tls.clone() else {
         return serve_http(shared, TokioIo::new(tcp), stop).await;

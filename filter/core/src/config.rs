@@ -556,7 +556,9 @@ impl Checker {
             None => default,
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(value) => {
-                self.problems.push(format!("{path} = {value} must be a non-empty string such as \"0.0.0.0:8080\""));
+                self.problems.push(format!(
+                    "{path} = {value} must be a non-empty string such as \"0.0.0.0:8080\" or \"unix:/run/fleet.sock\""
+                ));
                 default
             }
         }
