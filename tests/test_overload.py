@@ -188,9 +188,11 @@ def test_legit_traffic_and_memory_hold_under_idle_slow_and_stalled_h2_connection
 
 HEAP_LIMIT = 128 << 20          # envoy.yaml's fixed_heap limit, lowered so the test stays small
 UPLOADS = 250                   # stalled HTTP/1.1 uploads of 1 MiB each: 250 MiB if nothing stopped them
-# The overload manager samples the heap every 0.1 s, and uploads arrive faster than
-# that on loopback, so the heap may overshoot the limit by what arrives in between.
+# The overload manager samples the heap every 0.1 s, so the heap may overshoot the
+# limit by what arrives in between: the uploads are paced at ~100 MiB/s (as fast as
+# loopback they overshot by 73 MiB once, on a busy machine that delayed the samples).
 HEAP_BOUND = HEAP_LIMIT * 3 // 2
+UPLOAD_PAUSE_S = 0.01
 
 
 def heap_in_use(envoy) -> int:
@@ -246,6 +248,7 @@ def test_stalled_uploads_cannot_grow_the_heap_past_the_overload_limit():
                               + b" " * (1 << 20))
                 except OSError:
                     pass
+                time.sleep(UPLOAD_PAUSE_S)
             # The manager acts on its next refresh, which a busy machine may delay.
             wait_for(lambda: watch.overloaded or watch.peak < 0.95 * HEAP_LIMIT, timeout=2,
                      what="the overload manager to act on the heap it sampled")
