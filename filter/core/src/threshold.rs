@@ -160,23 +160,19 @@ impl ThresholdBook {
         let cap = config.max_cohorts_per_cluster as usize;
         let mut groups = tally.groups;
         groups.sort_unstable_by(|a, b| (&a.cluster, &a.cohort).cmp(&(&b.cluster, &b.cohort)));
-        let mut kept = vec![true; groups.len()];
+        let mut cohorts = Vec::with_capacity(groups.len());
         let mut cohorts_over_cap = 0u32;
-        let mut start = 0;
         for cluster in groups.chunk_by(|a, b| a.cluster == b.cluster) {
-            if cluster.len() > cap {
-                let keep = largest_cohorts(cluster, cap);
+            let keep = (cluster.len() > cap).then(|| largest_cohorts(cluster, cap));
+            if let Some(keep) = &keep {
                 cohorts_over_cap = cohorts_over_cap.saturating_add((cluster.len() - keep.len()) as u32);
-                for (i, kept) in kept[start..start + cluster.len()].iter_mut().enumerate() {
-                    *kept = keep.contains(&i);
+            }
+            for (i, group) in cluster.iter().enumerate() {
+                if keep.as_ref().is_none_or(|keep| keep.contains(&i)) {
+                    let previous = self.cohort(&group.cluster, &group.cohort).and_then(|s| s.threshold);
+                    cohorts.push(snapshot(group, previous, config));
                 }
             }
-            start += cluster.len();
-        }
-        let mut cohorts = Vec::with_capacity(groups.len());
-        for (group, _) in groups.into_iter().zip(kept).filter(|(_, kept)| *kept) {
-            let previous = self.cohort(&group.cluster, &group.cohort).and_then(|s| s.threshold);
-            cohorts.push(snapshot(group, previous, config));
         }
         ThresholdBook { epoch, computed_at_ms: now_ms, cohorts, cohorts_over_cap }
     }
@@ -223,8 +219,9 @@ fn largest_cohorts(cohorts: &[Group], cap: usize) -> Vec<usize> {
     kept.into_iter().map(|(_, _, i)| i).collect()
 }
 
-fn snapshot(group: Group, previous: Option<f64>, config: &Config) -> ThresholdSnapshot {
+fn snapshot(group: &Group, previous: Option<f64>, config: &Config) -> ThresholdSnapshot {
     let Group { cluster, cohort, active_scores: scores, live_nodes, world_size } = group;
+    let (live_nodes, world_size) = (*live_nodes, *world_size);
     let active_nodes = scores.len() as u32;
     let spread = Spread::of(&mut scores.clone(), config.k);
     let threshold = spread.filter(|_| active_nodes >= config.statistical_min).map(|s| {
@@ -236,13 +233,13 @@ fn snapshot(group: Group, previous: Option<f64>, config: &Config) -> ThresholdSn
     });
     let stragglers = threshold.map_or(0, |t| scores.iter().filter(|s| *s + STRAGGLER_EPSILON < t).count() as u32);
     let mut histogram = vec![0u32; HISTOGRAM_BINS];
-    for s in &scores {
+    for s in scores {
         let bin = ((s * HISTOGRAM_BINS as f64) as usize).min(HISTOGRAM_BINS - 1);
         histogram[bin] += 1;
     }
     ThresholdSnapshot {
-        cluster,
-        cohort,
+        cluster: cluster.clone(),
+        cohort: cohort.clone(),
         active_nodes,
         live_nodes,
         median: spread.map_or(0.0, |s| s.median),
