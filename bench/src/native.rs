@@ -9,7 +9,6 @@ use ingero_fleet_core::node::NodeScore;
 use ingero_fleet_core::otlp::{BodyFormat, ExportRequest};
 use ingero_fleet_core::push::extract;
 use ingero_fleet_core::reply::Reply;
-use ingero_fleet_core::threshold::CohortTally;
 use ingero_fleet_core::{Config, Fleet, MemoryCounters, MemoryStore, RequestHead, ThresholdBook};
 use serde_json::{json, Value};
 use std::hint::black_box;
@@ -75,8 +74,7 @@ pub fn recompute(fleet: AgentFleet, repeats: u32) -> Result<Value, BenchError> {
         tick_ms.push(ms(started.elapsed()));
         // The two halves of a tick, timed apart: reading and expiring the shards, then the statistics.
         let started = Instant::now();
-        let mut tally = CohortTally::default();
-        core.registry().sweep(now, core.config().node_ttl_ms(), |record| tally.add(record))?;
+        let tally = core.tally(now)?;
         sweep_ms.push(ms(started.elapsed()));
         let started = Instant::now();
         black_box(book.next(tally, core.config(), now / INTERVAL_MS, now));
