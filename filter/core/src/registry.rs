@@ -131,7 +131,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         let cluster = cluster_hash(&seed, &score.cluster);
         let cohort = shard::cohort_key(&seed, &score.cluster, &score.cohort);
         let fresh =
-            shard::encode(&NodeRecord::new(score, now_ms), cohort).map_err(|e| shard_error(&key, "encoded", e))?;
+            shard::encode(&NodeRecord::new(score, now_ms), cohort).map_err(|e| format_error(&key, "encoded", e))?;
         let mut reserved = false;
         let result = update(self.store, &key, |bytes| {
             // The shard's other records are copied as they are, never decoded.
@@ -196,7 +196,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         for key in (0..self.shards).map(shard_key) {
             if let Some((bytes, _)) = self.store.get(&key)? {
                 for record in read_shard(&key, &bytes)? {
-                    all.push(record.to_node_record().map_err(|e| shard_error(&key, "decoded", e))?);
+                    all.push(record.to_node_record().map_err(|e| format_error(&key, "decoded", e))?);
                 }
             }
         }
@@ -234,7 +234,7 @@ impl<'s, S: SharedStore + ?Sized> Registry<'s, S> {
         expired: &mut Vec<u64>,
     ) -> Result<(), FleetError> {
         let live = |r: &Record<'_>| now_ms.saturating_sub(r.last_seen_ms()) <= ttl_ms;
-        let unreadable = |e: ShardError| FleetError::from(shard_error(key, "decoded", e));
+        let unreadable = |e: ShardError| FleetError::from(format_error(key, "decoded", e));
         let rewritten = update(self.store, key, |bytes| {
             let bytes = bytes.unwrap_or(&[]);
             // Most shards have nothing to expire: read them in place, with no allocation.
@@ -367,7 +367,7 @@ impl ClusterTable {
 
     /// A torn or unordered table is an error: read as empty it would free every slot.
     fn decode(key: &str, bytes: &[u8]) -> Result<Self, StoreError> {
-        let unreadable = |reason: String| StoreError::Format { key: key.to_owned(), action: "decoded", reason };
+        let unreadable = |reason: String| format_error(key, "decoded", reason);
         let entries = bytes.chunks_exact(TABLE_ENTRY_BYTES);
         if !entries.remainder().is_empty() {
             return Err(unreadable(format!(
@@ -397,11 +397,12 @@ fn cluster_hash(seed: &HashSeed, cluster: &str) -> u64 {
 
 /// A shard's records; an unreadable one is an error naming the key, never read as empty.
 fn read_shard<'a>(key: &str, bytes: &'a [u8]) -> Result<Vec<Record<'a>>, StoreError> {
-    shard::records(bytes).collect::<Result<_, _>>().map_err(|e| shard_error(key, "decoded", e))
+    shard::records(bytes).collect::<Result<_, _>>().map_err(|e| format_error(key, "decoded", e))
 }
 
-/// A shard that could not be `action` ("encoded", "decoded"), naming its key.
-fn shard_error(key: &str, action: &'static str, reason: ShardError) -> StoreError {
+/// A stored value (a shard, the cluster table) that could not be `action`
+/// ("encoded", "decoded"), naming its key.
+fn format_error(key: &str, action: &'static str, reason: String) -> StoreError {
     StoreError::Format { key: key.to_owned(), action, reason }
 }
 
