@@ -358,14 +358,14 @@ mod tests {
 
     #[test]
     fn ids_that_concatenate_alike_are_different_cohorts_and_the_book_is_sorted() {
-        let mut live = records("ab", &[0.5; 5]);
+        let mut live: Vec<NodeRecord> = (0..5).map(|i| record("ab", "c", i, 0.5)).collect();
         live.extend((0..5).map(|i| record("a", "bc", 10 + i, 0.7)));
         live.extend((0..5).map(|i| record("a", "", 20 + i, 0.9)));
         live.reverse();
         let book = ThresholdBook::default().next(tally(&live), &Config::default(), 1, 0);
         let ids: Vec<(&str, &str)> = book.cohorts.iter().map(|s| (s.cluster.as_str(), s.cohort.as_str())).collect();
-        assert_eq!(ids, [("a", ""), ("a", "bc"), ("ab", "")]);
-        assert!(close(book.threshold("a", "bc"), 0.7) && close(book.threshold("ab", ""), 0.5));
+        assert_eq!(ids, [("a", ""), ("a", "bc"), ("ab", "c")]);
+        assert!(close(book.threshold("a", "bc"), 0.7) && close(book.threshold("ab", "c"), 0.5));
     }
 
     #[test]
