@@ -114,6 +114,17 @@ WASM_VARIANTS = [
     ("wasm filter stores an agent push (JSON)", wasm, ["--body", "json"]),
 ]
 
+dynamic = registered("dynamic")
+
+# The same steps for the dynamic module: an empty push is Envoy's filter chain and the module ABI (header
+# and body reads, the reply) with almost no core work; an agent push adds the core's decode and store.
+DYNAMIC_VARIANTS = [
+    ("anchor: buffer + direct_response", anchor, ["--body", "json"]),
+    ("dynamic module answers an empty push", dynamic, ["--body", "empty"]),
+    ("dynamic module stores an agent push (protobuf)", dynamic, ["--body", "protobuf"]),
+    ("dynamic module stores an agent push (JSON)", dynamic, ["--body", "json"]),
+]
+
 
 # === observe mode: Fleet added to a pipeline that already proxies pushes ===
 

@@ -101,14 +101,23 @@ def sizes(results: dict) -> list[str]:
     return lines
 
 
+def _p999(runs: list) -> float:
+    """The median p99.9 of push latency over `runs`."""
+    values = sorted(r["pushes"]["latency_ms"]["p999"] for r in runs)
+    return values[len(values) // 2]
+
+
 def stalls(results: dict) -> list[str]:
-    lines = ["| front door | offered pushes/s | push_interval 5s: p50 / p99 / p99.9 ms | "
-             "no recompute in the window (push_interval 1h): p50 / p99 / p99.9 ms |", "|---|---:|---|---|"]
-    for key, quiet in results["stalls"].items():
-        door = results["doors"][key]
-        busy = next(r for r in door["rates"] if r["plan"]["rate"] == quiet["plan"]["rate"])
-        lines.append(f"| {door['title']} | {quiet['plan']['rate']:,.0f} | {_lat(busy['pushes'])} | "
-                     f"{_lat(quiet['pushes'])} |")
+    lines = ["| front door | offered pushes/s | push_interval 5s: p99.9 ms by round (median) | "
+             "no recompute in the window (push_interval 1h): p99.9 ms by round (median) | ratio of the medians |",
+             "|---|---:|---|---|---:|"]
+    for key, sides in results["stalls"].items():
+        if "with" not in sides:
+            continue  # a report of an older run's results
+        cells = [f"{', '.join(_ms(r['pushes']['latency_ms']['p999']) for r in sides[s])} ({_ms(_p999(sides[s]))})"
+                 for s in ("with", "without")]
+        lines.append(_row(results["doors"][key]["title"], f"{sides['with'][0]['plan']['rate']:,.0f}", *cells,
+                          f"{_p999(sides['with']) / _p999(sides['without']):.2f} ×"))
     return lines
 
 
@@ -175,6 +184,144 @@ def observe_summary(results: dict) -> str:
     return text
 
 
+def million(results: dict) -> list[str]:
+    """bench/million.py's rows: a fresh Envoy per door and size, filled, then a trickle, then the rate."""
+    m = results.get("million")
+    if not m:
+        return []
+    lines = [f"{m['date']}, {m['clusters']:,} clusters, push_interval 5 s:", "",
+             "| front door | nodes tracked | fill, s | Envoy heap B/node | RSS B/node | one recompute: extra CPU of "
+             "the process, ms | on threads (extra ms/s × 5 s) | "
+             f"at {m['rate']:,}/s offered: achieved, p50 / p99 / p99.9 ms, errors |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
+    for p in m["rows"]:
+        lat, heap = p["then"]["latency_ms"], p["heap_bytes_per_node"]
+        threads = ", ".join(f"`{t}` {ms * 5:.0f}" for t, ms in p.get("recompute_threads_ms", {}).items())
+        lines.append(_row(p["title"], f"{p['tracked'] or 0:,.0f}", f"{p['fill_s']:.0f}",
+                          "–" if heap is None else f"{heap:.0f}", f"{p['bytes_per_node']:.0f}",
+                          f"{p['recompute_cpu_ms']:.0f}", threads or "–",
+                          f"{p['then']['achieved']:,.0f}/s, {_ms(lat['p50'])} / {_ms(lat['p99'])} / "
+                          f"{_ms(lat['p999'])}, {p['then']['errors']}"))
+    n = m["native"]
+    lines += ["", f"Natively `Fleet::tick` over {n['nodes']:,} nodes in {m['clusters']:,} clusters ({n['shards']:,} "
+              f"shards): {n['tick_ms']:.0f} ms (sweep {n['sweep_ms']:.0f}, statistics {n['statistics_ms']:.0f})."]
+    return lines
+
+
+def _million_targets(m: dict) -> list[str]:
+    rows, by = [], {(p["door"], p["nodes"]): p for p in m["rows"]}
+    for (door, nodes), p in by.items():
+        if nodes != 1_000_000:
+            continue
+        heap, cpu = p["heap_bytes_per_node"], p["recompute_cpu_ms"]
+        if heap is not None:
+            rows.append(_row(f"{p['title']}, 1 000 000 nodes: ≤ 200 B of Envoy heap per node", f"{heap:.0f} B",
+                             _met(heap <= 200), ""))
+        threads = ", ".join(f"`{t}` {ms * 5:.0f} ms" for t, ms in p.get("recompute_threads_ms", {}).items())
+        rows.append(_row(f"{p['title']}, 1 000 000 nodes: recompute ≤ 100 ms, off the request path",
+                         f"{cpu:.0f} ms of CPU; by thread: {threads or '–'}", _met(cpu <= 100),
+                         "" if cpu <= 100 else "the sweep reads every shard (see docs/performance.md)"))
+        small = by.get((door, 100_000))
+        if small:
+            big_p99, small_p99 = p["then"]["latency_ms"]["p99"], small["then"]["latency_ms"]["p99"]
+            ok = big_p99 <= 1.2 * small_p99
+            rows.append(_row(f"{p['title']}: p99 at {m['rate']:,}/s with 1 000 000 nodes unchanged from 100 000",
+                             f"{_ms(big_p99)} against {_ms(small_p99)} ms", _met(ok), ""))
+    return rows
+
+
+def _saturation_ratio(results: dict, key: str) -> float | None:
+    door = results["doors"].get(key)
+    paired = (door or {}).get("paired_anchor", {}).get("pushes", {}).get("achieved_rps")
+    return door["saturation"]["pushes"]["achieved_rps"] / paired if door and paired else None
+
+
+def _over(runs: list, row: int, base: int = 0) -> tuple[float, dict]:
+    """Envoy CPU µs per request of `runs[row]` over `runs[base]`, and that row's CPU by where perf found it."""
+    us = _cpu_us_per_request(runs[row])
+    split = {g: us * share / 100 for g, share in (runs[row].get("during") or {}).items()}
+    return us - _cpu_us_per_request(runs[base]), split
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def targets(results: dict) -> list[str]:
+    """Issue #15's targets against this run: measured, met or not, and for a miss where the cost goes
+    (the tables below have the details)."""
+    doors, rows = results["doors"], []
+
+    def ratio_row(target: str, key: str, goal: float, cost: str) -> None:
+        ratio = _saturation_ratio(results, key)
+        if ratio is not None:
+            rows.append(_row(target, f"{ratio:.0%} of the anchor", _met(ratio >= goal), cost if ratio < goal else ""))
+
+    wasm, dynamic = results.get("variants", []), results.get("dynamic_variants", [])
+    if len(wasm) == 5:
+        over, split = _over(wasm, 4)
+        cost = (f"{over:.1f} µs of Envoy CPU per push over the anchor: the filter's own JIT code "
+                f"{split.get('wasm (JIT)', 0):.1f} µs of a push's {_cpu_us_per_request(wasm[4]):.1f}, Envoy's code "
+                f"(wasm host, filter chain) {split.get('envoy', 0):.1f}; an empty push already costs "
+                f"{_over(wasm, 2)[0]:+.1f} µs (the host's calls and copies)")
+        ratio_row("wasm filter ≥ 70 % of the anchor (JSON agent push)", "wasm", 0.70, cost)
+        proto = wasm[3]["pushes"]["achieved_rps"] / wasm[0]["pushes"]["achieved_rps"]
+        rows.append(_row("wasm filter ≥ 80 % (protobuf push, closed-loop split below)", f"{proto:.0%} of the anchor",
+                         _met(proto >= 0.80), "as the JSON push" if proto < 0.80 else ""))
+    cost = "no split measured in this run"
+    if len(dynamic) == 4:
+        abi, core = _over(dynamic, 1)[0], _over(dynamic, 3, 1)[0]
+        cost = (f"an empty push (Envoy's filter chain and the module ABI, almost no core work) {abi:+.1f} µs of "
+                f"Envoy CPU over the anchor; the core's decode, validation and store of an agent push "
+                f"{core:+.1f} µs more")
+    ratio_row("dynamic module ≥ 90 %", "dynamic", 0.90, cost)
+    if "server" in doors and "anchor" in doors:
+        server, anchor = (_cpu_us_per_request(doors[k]["saturation"]) for k in ("server", "anchor"))
+        ratio_row("standalone server ≥ 100 %", "server", 1.00,
+                  f"{server:.1f} µs of CPU per push against the anchor's {anchor:.1f} (the core's push and its "
+                  "HTTP server, the same cores as the load generator)")
+    top = {k: d["rates"][-1] for k, d in doors.items() if d.get("rates")}
+    if top:
+        rate = next(iter(top.values()))["plan"]["rate"]
+        anchor_q = top["anchor"]["queries"]["latency_ms"]["p99"] if "anchor" in top else None
+        for key, run in top.items():
+            if key == "anchor":
+                continue
+            q = run["queries"]["latency_ms"]["p99"]
+            why = (f"pushes achieved {run['pushes']['achieved_rps']:,.0f}/s; the anchor (a constant answer) has "
+                   f"query p99 {_ms(anchor_q)} ms at this rate on this machine" if anchor_q is not None else "")
+            rows.append(_row(f"{doors[key]['title']}: query p99 < 1 ms at {rate:,.0f} pushes/s offered",
+                             f"{_ms(q)} ms", _met(q < 1), why if q >= 1 else ""))
+        if "upstream" in top:
+            push = top["upstream"]["pushes"]
+            ok = push["latency_ms"]["p99"] < 5 and not push["error_count"] and not push["unsent"]
+            sat = doors["upstream"]["saturation"]
+            rows.append(_row(f"upstream fallback: p99 < 5 ms, no errors at {rate:,.0f}/s",
+                             f"{_ms(push['latency_ms']['p99'])} ms, errors {_errors(push)}", _met(ok),
+                             "" if ok else f"saturates at {sat['pushes']['achieved_rps']:,.0f}/s: "
+                             f"{_cpu_us_per_request(sat):.1f} µs of CPU per push (Envoy and the server together) "
+                             "on the 2 cores the load generator shares"))
+    for r in results.get("native", {}).get("recompute", []):
+        if r.get("nodes") == 100_000:
+            rows.append(_row("recompute of 100 000 nodes < 10 ms (native `Fleet::tick`)", f"{r['tick_ms']:.1f} ms",
+                             _met(r["tick_ms"] < 10), ""))
+    for key, sides in results.get("stalls", {}).items():
+        if "with" not in sides:
+            continue
+        with_, without = _p999(sides["with"]), _p999(sides["without"])
+        ok = with_ <= 1.2 * without
+        rows.append(_row(f"{doors[key]['title']}: push p99.9 at {sides['with'][0]['plan']['rate']:,.0f}/s with "
+                         "recomputes ≤ 1.2 × without", f"{_ms(with_)} against {_ms(without)} ms "
+                         f"({with_ / without:.2f} ×, medians of {len(sides['with'])} rounds)", _met(ok),
+                         "" if ok else "see \"Recompute stalls\""))
+    if results.get("million"):
+        rows += _million_targets(results["million"])
+    if not rows:
+        return []
+    return ["| target (issue #15) | this run | | where the cost goes, for a target missed |",
+            "|---|---|---|---|", *rows]
+
+
 def one_worker(results: dict) -> list[str]:
     two = {door["title"]: door["saturation"] for door in results["doors"].values()}
     lines = ["| front door (closed loop) | --concurrency 1: pushes/s, p99 ms, Envoy CPU % | "
@@ -188,16 +335,19 @@ def one_worker(results: dict) -> list[str]:
     return lines
 
 
-def variants(results: dict) -> list[str]:
-    runs = results.get("variants", [])
+def variants(results: dict, key: str = "variants", code: str = "wasm (JIT)") -> list[str]:
+    """The closed-loop steps of `key`, each row's CPU split by where perf found it; `code` names the
+    Fleet code's own column (the wasm filter's JIT code, or the dynamic module)."""
+    runs = results.get(key, [])
     if not runs:
         return []
     base = runs[0]
     base_us = _cpu_us_per_request(base)
-    groups = ("kernel", "envoy", "wasm (JIT)", "libc")
+    groups = ("kernel", "envoy", code, "libc")
     lines = ["| Envoy configuration (closed loop) | requests/s | ratio to anchor | p99 ms | "
-             "Envoy CPU µs/request | over the anchor, µs | " + " | ".join(f"{g} µs" for g in groups) + " |",
-             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(groups)]
+             "Envoy CPU µs/request | its rounds' range | over the anchor, µs | " +
+             " | ".join(f"{g} µs" for g in groups) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(groups)]
     for run in runs:
         rps = run["pushes"]["achieved_rps"]
         us = _cpu_us_per_request(run)
@@ -205,9 +355,11 @@ def variants(results: dict) -> list[str]:
         shares = " | ".join(f"{us * split[g] / 100:.1f}" if g in split else "–" for g in groups)
         # perf found the process hardly running while requests were answered: something else served them.
         suspect = "" if split or "during" not in run else " **(suspect: measured Envoy mostly idle)**"
+        spread = "–".join(f"{x:.1f}" for x in (min(run["rounds_us"]), max(run["rounds_us"]))) \
+            if run.get("rounds_us") else "–"
         lines.append(f"| {run['title']} ({run['plan']['body_bytes']} B body){suspect} | {rps:,.0f} | "
                      f"{rps / base['pushes']['achieved_rps']:.0%} | {_ms(run['pushes']['latency_ms']['p99'])} | "
-                     f"{us:.1f} | {us - base_us:+.1f} | {shares} |")
+                     f"{us:.1f} | {spread} | {us - base_us:+.1f} | {shares} |")
     return lines
 
 
@@ -283,6 +435,10 @@ def markdown(results: dict) -> str:
         "",
         *summary(results),
         "",
+        "Issue #15's targets against this run (the one-million-node rows when the run had `--million`):",
+        "",
+        *targets(results),
+        "",
         "![push latency against offered rate](bench.png)",
         "",
         "## Latency by offered rate",
@@ -302,12 +458,20 @@ def markdown(results: dict) -> str:
         "",
         *sizes(results),
         "",
+        *(["## One million nodes", "",
+            "`scripts/bench --million` (`bench/million.py`): for each Envoy front door a fresh Envoy with "
+            "`max_expected_nodes` 1 000 000, filled by every agent pushing once, then 30 s of 100 empty pushes/s "
+            "(six recomputes) for one recompute's extra CPU, then 10 000 pushes/s offered for 5 s; beside it the "
+            "same on 100 000 nodes.", "", *million(results), ""] if results.get("million") else []),
         "## Recompute stalls",
         "",
         "A recompute runs on whichever thread first acts in a new push interval (the table above names the "
         "threads that gained CPU once the nodes were there: `envoy` is Envoy's main thread, `wrk:worker_N` its "
         "workers). Where it blocks a worker, or holds what a worker needs, requests wait. The same offered rate "
-        "on a fresh process whose push interval does not end inside the window shows the latency without it.",
+        "on a fresh process whose push interval does not end inside the window shows the latency without it. "
+        "Each side is a fresh process that first takes one push from every node, then the offered rate for "
+        "twice the rate runs' time; the sides alternate over three rounds (one run's p99.9 here moves by half "
+        "with the machine's other work).",
         "",
         *stalls(results),
         "",
@@ -332,12 +496,22 @@ def markdown(results: dict) -> str:
         "## Where a wasm-filter push spends its time",
         "",
         "Envoy CPU per request under closed-loop saturation, by configuration: each row adds one piece of work "
-        "to the one above it. The last four columns split that CPU by where `perf record -e cpu-clock` (999 Hz, "
+        "to the one above it. Each row is the median of three rounds (the rows' order shuffled in each round) "
+        "by CPU per request, with the range of the three beside it. The last four columns split that CPU by where `perf record -e cpu-clock` (999 Hz, "
         "2.5 s per row) found it: the kernel (TCP, scheduling), Envoy's own code (HTTP codec, filter chain, "
         "the wasm host: ABI calls, buffer copies, shared data, stats; its symbols are stripped), the filter's "
         "JIT-compiled wasm, and libc (memcpy, locks). Sampling costs these rows a few per cent of throughput.",
         "",
         *variants(results),
+        "",
+        "## Where a dynamic-module push spends its time",
+        "",
+        "As above, for the dynamic module. An empty push is Envoy's filter chain and the module ABI (headers "
+        "read, body read, the reply sent) with almost no work of the core; an agent push adds the core's "
+        "decode, validation and store. The module allocates through Envoy's allocator (tcmalloc, in the "
+        "`envoy` binary), so the core's allocations count in the `envoy` column, not the `module` one.",
+        "",
+        *variants(results, "dynamic_variants", "module"),
         "",
         "The core's steps natively (one thread, no proxy; `ingero-bench steps`), in time and in instructions "
         "(`valgrind --tool=callgrind` over `ingero-bench steps --only <step>` minus a run with no step; then the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import perf_guard
-from bench_doors import DOORS, OBSERVE_ARTEFACT, PIPELINES, ROOT, WASM_VARIANTS, Door, Running, anchor, pipeline
+from bench_doors import (DOORS, DYNAMIC_MODULE, DYNAMIC_VARIANTS, OBSERVE_ARTEFACT, PIPELINES, ROOT, WASM_VARIANTS,
+                         Door, Running, anchor, pipeline)
 from fleet import agent_push, push, request
 
 LOADGEN = ROOT / "target/release/ingero-bench"
@@ -108,7 +110,8 @@ def perf_split(running: Running, after: float = 1.5, seconds: float = 2.5) -> di
             continue
         dso = dso.strip()
         group = ("wasm (JIT)" if dso.startswith("[JIT]") else "kernel" if dso.startswith("[kernel") else
-                 "envoy" if dso == "envoy" else "libc" if dso.startswith("libc") else "other")
+                 "envoy" if dso == "envoy" else "libc" if dso.startswith("libc") else
+                 "module" if dso.startswith("libingero_fleet") else "other")
         split[group] = split.get(group, 0.0) + float(share)
     return split
 
@@ -238,12 +241,20 @@ def trickle_cpu(running: Running, seconds: float) -> tuple[float, dict]:
     return run["server"]["cpu_pct"] / 100, {k: (v - threads0.get(k, 0.0)) / wall for k, v in threads1.items()}
 
 
-def stalls(door: Door, p: dict, concurrency: int) -> dict:
-    """The middle offered rate with no recompute inside the window (push_interval 1h), to compare with 5s."""
+def stalls(door: Door, p: dict, concurrency: int, rounds: int = 3) -> dict:
+    """The middle offered rate on a door tracking every node, with recomputes in the window (push_interval
+    5s) and without (1h): `rounds` fresh processes of each, alternating, since one run's tail is noise here."""
     rate = p["rates"][len(p["rates"]) // 2]
-    with door.start(plugin_config("1h", p["nodes"]), concurrency) as running:
-        return loadgen(running, "--rate", rate, "--warmup", p["warmup"], "--duration", p["duration"],
-                       "--query-share", p["query_share"], *fleet_args(p))
+    out: dict = {"with": [], "without": []}
+    for _ in range(rounds):
+        for side, interval in random.sample([("with", "5s"), ("without", "1h")], 2):
+            with door.start(plugin_config(interval, p["nodes"]), concurrency) as running:
+                # Every node once first, so each recompute covers them all.
+                loadgen(running, "--rate", 0, "--warmup", 0, "--duration", 120, "--max-pushes", p["nodes"],
+                        *fleet_args(p))
+                out[side].append(loadgen(running, "--rate", rate, "--warmup", p["warmup"], "--duration",
+                                         2 * p["duration"], "--query-share", p["query_share"], *fleet_args(p)))
+    return out
 
 
 def one_worker(p: dict) -> list:
@@ -296,12 +307,24 @@ def callgrind(step_names: list, nodes: int = 500, iterations: int = 3000) -> dic
     return {"steps": steps, "top": top}
 
 
-def variants(p: dict, concurrency: int) -> list:
+def variants(p: dict, concurrency: int, steps: list = WASM_VARIANTS, rounds: int = 3) -> list:
+    """Each (title, start, loadgen arguments) of `steps` under closed-loop load, its CPU split by perf:
+    `rounds` rounds, each in a shuffled order, and per step the round with the median CPU per request (one
+    run here drifts by a fifth with the machine's other work)."""
+    runs: list = [[] for _ in steps]
+    for _ in range(rounds):
+        for i in random.sample(range(len(steps)), len(steps)):
+            title, start, args = steps[i]
+            with start(plugin_config("5s", p["nodes"]), concurrency) as running:
+                runs[i].append({"title": title, **loadgen(running, "--rate", 0, "--warmup", 1, "--duration", 4,
+                                                          *fleet_args(p), *args, during=perf_split)})
+    def cpu_us(run: dict) -> float:  # per push: these runs send no queries
+        return run["server"]["cpu_pct"] * 1e4 / max(run["pushes"]["achieved_rps"], 1)
+
     out = []
-    for title, start, args in WASM_VARIANTS:
-        with start(plugin_config("5s", p["nodes"]), concurrency) as running:
-            out.append({"title": title, **loadgen(running, "--rate", 0, "--warmup", 1, "--duration", 4,
-                                                    *fleet_args(p), *args, during=perf_split)})
+    for step in runs:
+        ordered = sorted(step, key=cpu_us)
+        out.append({**ordered[len(ordered) // 2], "rounds_us": [cpu_us(r) for r in step]})
     return out
 
 
@@ -377,9 +400,11 @@ def main() -> int:
     parser.add_argument("--doors", default="", help="comma-separated subset of: " +
                         ", ".join([d.key for d in DOORS] + ["observe", "profile"]) +
                         " (observe: Envoy proxying to an upstream without vs with the filter in observe mode; "
-                        "profile: the wasm variants, one worker, native steps); a subset's report goes to "
+                        "profile: the wasm and dynamic-module variants, one worker, native steps); a subset's report goes to "
                         "target/bench/bench.md, not docs/")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--million", action="store_true",
+                        help="also one million nodes in each Envoy door (bench/million.py, about 13 minutes more)")
     args = parser.parse_args()
     p = SMOKE if args.smoke else FULL
     wanted = set(filter(None, args.doors.split(",")))
@@ -426,9 +451,16 @@ def main() -> int:
             stage("observe", lambda: observe_pair(p, args.concurrency), results, "observe")
         else:
             results["skipped"]["observe"] = f"{OBSERVE_ARTEFACT.relative_to(ROOT)} not built"
+    if args.million and not args.smoke:
+        import million
+        print("bench: one million nodes ...", file=sys.stderr)
+        stage("million", lambda: million.run(["wasm", "dynamic"]), results, "million")
     if not args.smoke and (not wanted or "profile" in wanted):
-        print("bench: wasm filter variants and native core ...", file=sys.stderr)
+        print("bench: wasm filter and dynamic module variants, native core ...", file=sys.stderr)
         stage("variants", lambda: variants(p, args.concurrency), results, "variants")
+        if DYNAMIC_MODULE.exists():
+            stage("dynamic variants", lambda: variants(p, args.concurrency, DYNAMIC_VARIANTS), results,
+                  "dynamic_variants")
         stage("one_worker", lambda: one_worker(p), results, "one_worker")
         stage("native", lambda: native(p["sizes"]), results, "native")
         if "native" in results:

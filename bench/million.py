@@ -4,12 +4,15 @@ agents in 1 000 clusters (each pushes once), then measured: Envoy heap and RSS
 per node, the CPU of one recompute (extra CPU under a trickle of empty pushes,
 push_interval 5 s), and push latency at 10 000 pushes/s offered beside the
 same rate on a fresh Envoy tracking 100 000 nodes. Natively, `Fleet::tick`
-over 1 000 000 nodes. Prints a Markdown table; about 13 minutes on 2 cores.
+over 1 000 000 nodes. About 13 minutes on 2 cores.
+
+`scripts/bench --million` runs it as a stage of the whole benchmark, into
+docs/bench.md; alone it prints its Markdown table:
 
     .venv/bin/python bench/million.py [--doors wasm,dynamic]
 
 scripts/bench's builds are used (run `scripts/bench --smoke` or `scripts/build`
-first); the figures go to docs/performance.md by hand, with the date."""
+first)."""
 
 from __future__ import annotations
 
@@ -44,31 +47,24 @@ def native() -> dict:
     return json.loads(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--doors", default="wasm,dynamic")
-    args = parser.parse_args()
-    wanted = args.doors.split(",")
+def run(wanted: list) -> dict:
+    """Every wanted Envoy door at 100 000 and 1 000 000 nodes, and `Fleet::tick` natively."""
     rows = []
     for door in [d for d in DOORS if d.key in wanted]:
         for nodes in (100_000, MILLION):
             point = door_point(door, nodes)
             print(json.dumps({"door": door.key, **point}), flush=True)
-            rows.append((door.title, point))
-    n = native()
-    print(json.dumps({"native": n}), flush=True)
-    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {CLUSTERS} clusters, push_interval 5 s\n")
-    print("| front door | nodes tracked | fill, s | Envoy heap B/node | RSS B/node | one recompute, CPU ms | "
-          f"at {RATE:,}/s offered: achieved, p50 / p99 / p99.9 ms, errors |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for title, p in rows:
-        lat = p["then"]["latency_ms"]
-        heap = "–" if p["heap_bytes_per_node"] is None else f"{p['heap_bytes_per_node']:.0f}"
-        print(f"| {title} | {p['tracked']:,.0f} | {p['fill_s']:.0f} | {heap} | {p['bytes_per_node']:.0f} | "
-              f"{p['recompute_cpu_ms']:.0f} | {p['then']['achieved']:,.0f}/s, {lat['p50']:.2f} / {lat['p99']:.2f} / "
-              f"{lat['p999']:.2f}, {p['then']['errors']} |")
-    print(f"\nNative `Fleet::tick`, {MILLION:,} nodes in {CLUSTERS} clusters ({n['shards']} shards): "
-          f"{n['tick_ms']:.0f} ms (sweep {n['sweep_ms']:.0f}, statistics {n['statistics_ms']:.0f})")
+            rows.append({"door": door.key, "title": door.title, "nodes": nodes, **point})
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clusters": CLUSTERS, "rate": RATE,
+            "rows": rows, "native": native()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--doors", default="wasm,dynamic")
+    args = parser.parse_args()
+    import bench_report
+    print("\n".join(bench_report.million({"million": run(args.doors.split(","))})))
 
 
 if __name__ == "__main__":
