@@ -26,10 +26,20 @@ COLD_START = b'{"threshold":0,"quorum_met":false}'
 _next_base_id = iter(range(100 + (os.getpid() % 1000) * 10, 10**7))
 
 
+# Every port free_port has handed out in this process.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, never one handed out before in this process: the kernel may
+    give a just-closed port out again, and one Envoy binds several of them at once."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 # === what the agent sends ===
