@@ -217,16 +217,24 @@ def _million_targets(m: dict) -> list[str]:
         if heap is not None:
             rows.append(_row(f"{p['title']}, 1 000 000 nodes: ≤ 200 B of Envoy heap per node", f"{heap:.0f} B",
                              _met(heap <= 200), ""))
-        threads = ", ".join(f"`{t}` {ms * 5:.0f} ms" for t, ms in p.get("recompute_threads_ms", {}).items())
+        by_thread = {t: ms * 5 for t, ms in p.get("recompute_threads_ms", {}).items()}
+        # The recompute is the thread that gained the most CPU once the nodes were there (the dynamic
+        # module's ticker, Envoy's main thread for the wasm filter); the rest is the trickle's pushes.
+        name, ms = max(by_thread.items(), key=lambda kv: kv[1], default=("the process", cpu))
+        threads = ", ".join(f"`{t}` {v:.0f} ms" for t, v in by_thread.items())
         rows.append(_row(f"{p['title']}, 1 000 000 nodes: recompute ≤ 100 ms, off the request path",
-                         f"{cpu:.0f} ms of CPU; by thread: {threads or '–'}", _met(cpu <= 100),
-                         "" if cpu <= 100 else "the sweep reads every shard (see docs/performance.md)"))
+                         f"`{name}` {ms:.0f} ms (the process {cpu:.0f} ms; by thread: {threads or '–'})",
+                         _met(ms <= 100), "" if ms <= 100 else
+                         ("the wasm host copies every shard into the VM, a host call each" if door == "wasm" else
+                          "the sweep reads every shard") + " (docs/performance.md)"))
         small = by.get((door, 100_000))
         if small:
             big_p99, small_p99 = p["then"]["latency_ms"]["p99"], small["then"]["latency_ms"]["p99"]
             ok = big_p99 <= 1.2 * small_p99
             rows.append(_row(f"{p['title']}: p99 at {m['rate']:,}/s with 1 000 000 nodes unchanged from 100 000",
-                             f"{_ms(big_p99)} against {_ms(small_p99)} ms", _met(ok), ""))
+                             f"{_ms(big_p99)} against {_ms(small_p99)} ms", _met(ok), "" if ok else
+                             "one run of each; the recompute's burst of CPU shares the 2 cores with the workers "
+                             "and the load generator (docs/performance.md)"))
     return rows
 
 
