@@ -303,9 +303,10 @@ def targets(results: dict) -> list[str]:
     cost = "no split measured in this run"
     if len(dynamic) == 4:
         abi, core = _over(dynamic, 1)[0], _over(dynamic, 3, 1)[0]
+        native = results.get("native", {}).get("steps", {}).get("us_per_call", {}).get("whole push: JSON agent body")
         cost = (f"an empty push (Envoy's filter chain and the module ABI, almost no core work) {_extra(abi)} of "
                 f"Envoy CPU over the anchor; the core's decode, validation and store of an agent push "
-                f"{_extra(core)} more (docs/performance.md: the same push is ~7 µs natively)")
+                f"{_extra(core)} more" + (f" (the same push natively in this run: {native:.1f} µs)" if native else ""))
     ratio_row("dynamic module ≥ 90 %", "dynamic", 0.90, cost)
     if "server" in doors and "anchor" in doors:
         server, anchor = (_cpu_us_per_request(doors[k]["saturation"]) for k in ("server", "anchor"))
