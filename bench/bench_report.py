@@ -36,7 +36,8 @@ def _lat(side: dict) -> str:
     return f"{_ms(lat['p50'])} / {_ms(lat['p99'])} / {_ms(lat['p999'])}"
 
 
-def _cpu_us_per_request(run: dict) -> float:
+def cpu_us_per_request(run: dict) -> float:
+    """The front door's CPU per request answered (pushes and queries) in one load run."""
     rps = run["pushes"]["achieved_rps"] + run["queries"]["achieved_rps"]
     return run["server"]["cpu_pct"] / 100 / rps * 1e6 if rps else 0.0
 
@@ -60,7 +61,7 @@ def summary(results: dict) -> list[str]:
         paired = door.get("paired_anchor", {}).get("pushes", {}).get("achieved_rps") or anchor
         ratio = f"{push['achieved_rps'] / paired:.0%} (of {paired:,.0f})" if paired else "n/a"
         lines.append(_row(door["title"], f"{push['achieved_rps']:,.0f}", ratio, _lat(push),
-                          f"{sat['server']['cpu_pct']:.0f}", f"{_cpu_us_per_request(sat):.1f}",
+                          f"{sat['server']['cpu_pct']:.0f}", f"{cpu_us_per_request(sat):.1f}",
                           f"{sat['server']['rss_bytes'] / MIB:.0f}",
                           f"{top['pushes']['achieved_rps']:,.0f}/s, {_ms(top['pushes']['latency_ms']['p99'])}, "
                           f"{_errors(top['pushes'])}", _ms(top["queries"]["latency_ms"]["p99"]), check))
@@ -141,7 +142,7 @@ def observe(results: dict) -> list[str]:
             if sat:
                 rps = sat["pushes"]["achieved_rps"]
                 cells = (f"{rps:,.0f}", f"{rps / base:.0%}" if base else "n/a", _lat(sat["pushes"]),
-                         f"{_cpu_us_per_request(sat):.1f}", f"{sat['upstream_cpu_pct']:.0f}")
+                         f"{cpu_us_per_request(sat):.1f}", f"{sat['upstream_cpu_pct']:.0f}")
             lines.append(_row(n, titles[key], *cells, f"{side['idle_rss_bytes'] / MIB:.0f}",
                               f"{push['achieved_rps']:,.0f}/s, {_ms(push['latency_ms']['p50'])} / "
                               f"{_ms(push['latency_ms']['p99'])}, {run['server']['cpu_pct']:.0f}, {_errors(push)}",
@@ -164,7 +165,7 @@ def observe_summary(results: dict) -> str:
     ratios = [sides["observe"]["saturation"]["pushes"]["achieved_rps"] /
               sides["proxy"]["saturation"]["pushes"]["achieved_rps"]
               for sides in pair["rounds"] if "saturation" in sides["proxy"] and "saturation" in sides["observe"]]
-    extra = [_cpu_us_per_request(sides["observe"]["saturation"]) - _cpu_us_per_request(sides["proxy"]["saturation"])
+    extra = [cpu_us_per_request(sides["observe"]["saturation"]) - cpu_us_per_request(sides["proxy"]["saturation"])
              for sides in pair["rounds"] if "saturation" in sides["proxy"] and "saturation" in sides["observe"]]
     verify, forwarded = pair.get("verify", {}), pair.get("forwarded", {})
     text = ""
@@ -184,19 +185,24 @@ def observe_summary(results: dict) -> str:
     return text
 
 
+def _recompute_by_thread(point: dict, interval_s: int) -> dict:
+    """A size point's extra CPU by thread, per recompute (extra ms/s × the push interval)."""
+    return {t: ms * interval_s for t, ms in point.get("recompute_threads_ms", {}).items()}
+
+
 def million(results: dict) -> list[str]:
     """bench/million.py's rows: a fresh Envoy per door and size, filled, then a trickle, then the rate."""
     m = results.get("million")
     if not m:
         return []
-    lines = [f"{m['date']}, {m['clusters']:,} clusters, push_interval 5 s:", "",
+    lines = [f"{m['date']}, {m['clusters']:,} clusters, push_interval {m['interval_s']} s:", "",
              "| front door | nodes tracked | fill, s | Envoy heap B/node | RSS B/node | one recompute: extra CPU of "
              "the process, ms | on threads (extra ms/s × 5 s) | "
              f"at {m['rate']:,}/s offered: achieved, p50 / p99 / p99.9 ms, errors |",
              "|---|---:|---:|---:|---:|---:|---|---|"]
     for p in m["rows"]:
         lat, heap = p["then"]["latency_ms"], p["heap_bytes_per_node"]
-        threads = ", ".join(f"`{t}` {ms * 5:.0f}" for t, ms in p.get("recompute_threads_ms", {}).items())
+        threads = ", ".join(f"`{t}` {ms:.0f}" for t, ms in _recompute_by_thread(p, m["interval_s"]).items())
         lines.append(_row(p["title"], f"{p['tracked'] or 0:,.0f}", f"{p['fill_s']:.0f}",
                           "–" if heap is None else f"{heap:.0f}", f"{p['bytes_per_node']:.0f}",
                           f"{p['recompute_cpu_ms']:.0f}", threads or "–",
@@ -236,7 +242,7 @@ def _million_targets(m: dict) -> list[str]:
         if heap is not None:
             rows.append(_row(f"{p['title']}, 1 000 000 nodes: ≤ 200 B of Envoy heap per node", f"{heap:.0f} B",
                              _met(heap <= 200), ""))
-        by_thread = {t: ms * 5 for t, ms in p.get("recompute_threads_ms", {}).items()}
+        by_thread = _recompute_by_thread(p, m["interval_s"])
         name = RECOMPUTE_THREAD.get(door, "")
         ms = by_thread.get(name, cpu)
         threads = ", ".join(f"`{t}` {v:.0f} ms" for t, v in by_thread.items())
@@ -269,9 +275,9 @@ def _extra(us: float) -> str:
 
 def _over(runs: list, row: int, base: int = 0) -> tuple[float, dict]:
     """Envoy CPU µs per request of `runs[row]` over `runs[base]`, and that row's CPU by where perf found it."""
-    us = _cpu_us_per_request(runs[row])
+    us = cpu_us_per_request(runs[row])
     split = {g: us * share / 100 for g, share in (runs[row].get("during") or {}).items()}
-    return us - _cpu_us_per_request(runs[base]), split
+    return us - cpu_us_per_request(runs[base]), split
 
 
 def _met(ok: bool | None) -> str:
@@ -292,7 +298,7 @@ def targets(results: dict) -> list[str]:
     if len(wasm) == 5:
         over, split = _over(wasm, 4)
         cost = (f"{over:.1f} µs of Envoy CPU per push over the anchor: the filter's own JIT code "
-                f"{split.get('wasm (JIT)', 0):.1f} µs of a push's {_cpu_us_per_request(wasm[4]):.1f}, Envoy's code "
+                f"{split.get('wasm (JIT)', 0):.1f} µs of a push's {cpu_us_per_request(wasm[4]):.1f}, Envoy's code "
                 f"(wasm host, filter chain) {split.get('envoy', 0):.1f} against the anchor's "
                 f"{_over(wasm, 0)[1].get('envoy', 0):.1f}; an empty push costs {_extra(_over(wasm, 2)[0])} "
                 "over the anchor (the host's calls and copies)")
@@ -309,7 +315,7 @@ def targets(results: dict) -> list[str]:
                 f"{_extra(core)} more" + (f" (the same push natively in this run: {native:.1f} µs)" if native else ""))
     ratio_row("dynamic module ≥ 90 %", "dynamic", 0.90, cost)
     if "server" in doors and "anchor" in doors:
-        server, anchor = (_cpu_us_per_request(doors[k]["saturation"]) for k in ("server", "anchor"))
+        server, anchor = (cpu_us_per_request(doors[k]["saturation"]) for k in ("server", "anchor"))
         ratio_row("standalone server ≥ 100 %", "server", 1.00,
                   f"{server:.1f} µs of CPU per push against the anchor's {anchor:.1f} (the core's push and its "
                   "HTTP server, the same cores as the load generator)")
@@ -332,7 +338,7 @@ def targets(results: dict) -> list[str]:
             rows.append(_row(f"upstream fallback: p99 < 5 ms, no errors at {rate:,.0f}/s",
                              f"{_ms(push['latency_ms']['p99'])} ms, errors {_errors(push)}", _met(ok),
                              "" if ok else f"saturates at {sat['pushes']['achieved_rps']:,.0f}/s: "
-                             f"{_cpu_us_per_request(sat):.1f} µs of CPU per push (Envoy and the server together) "
+                             f"{cpu_us_per_request(sat):.1f} µs of CPU per push (Envoy and the server together) "
                              "on the 2 cores the load generator shares"))
     for r in results.get("native", {}).get("recompute", []):
         if r.get("nodes") == 100_000:
@@ -375,7 +381,7 @@ def variants(results: dict, key: str = "variants", code: str = "wasm (JIT)") -> 
     if not runs:
         return []
     base = runs[0]
-    base_us = _cpu_us_per_request(base)
+    base_us = cpu_us_per_request(base)
     groups = ("kernel", "envoy", code, "libc")
     lines = ["| Envoy configuration (closed loop) | requests/s | ratio to anchor | p99 ms | "
              "Envoy CPU µs/request | its rounds' range | over the anchor, µs | " +
@@ -383,7 +389,7 @@ def variants(results: dict, key: str = "variants", code: str = "wasm (JIT)") -> 
              "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(groups)]
     for run in runs:
         rps = run["pushes"]["achieved_rps"]
-        us = _cpu_us_per_request(run)
+        us = cpu_us_per_request(run)
         split = run.get("during") or {}
         shares = " | ".join(f"{us * split[g] / 100:.1f}" if g in split else "–" for g in groups)
         # perf found the process hardly running while requests were answered: something else served them.

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+import bench_report
 import perf_guard
 from bench_doors import (DOORS, DYNAMIC_MODULE, DYNAMIC_VARIANTS, OBSERVE_ARTEFACT, PIPELINES, ROOT, WASM_VARIANTS,
                          Door, Running, anchor, pipeline)
@@ -259,8 +260,8 @@ def stalls(door: Door, p: dict, concurrency: int, rounds: int = 3) -> dict:
 
 # === one million nodes ===
 
-# One million nodes (issue #15), bench/million.py's measurement: fleet size, clusters, offered rate.
-MILLION, CLUSTERS, RATE = 1_000_000, 1_000, 10_000
+# One million nodes (issue #15), bench/million.py's measurement: fleet size, clusters, offered rate, push interval.
+MILLION, CLUSTERS, RATE, INTERVAL_S = 1_000_000, 1_000, 10_000, 5
 
 
 def _million_rate(running: Running, nodes: int) -> dict:
@@ -273,7 +274,7 @@ def _million_rate(running: Running, nodes: int) -> dict:
 def _million_point(door, nodes: int) -> dict:
     # bench_run's size point with 1 000 clusters, a 5 s interval and a 30 s trickle (six recomputes:
     # two left the 100 000-node rows inside the noise), then the offered rate.
-    return size_point(door, nodes, dict(FULL, idle=30), 2, clusters=CLUSTERS, interval_s=5,
+    return size_point(door, nodes, dict(FULL, idle=30), 2, clusters=CLUSTERS, interval_s=INTERVAL_S,
                       then=lambda running: _million_rate(running, nodes))
 
 
@@ -292,6 +293,7 @@ def million(wanted: list) -> dict:
             print(json.dumps({"door": door.key, **point}), file=sys.stderr, flush=True)
             rows.append({"door": door.key, "title": door.title, "nodes": nodes, **point})
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "clusters": CLUSTERS, "rate": RATE,
+            "interval_s": INTERVAL_S,
             "rows": rows, "native": _million_native()}
 
 
@@ -357,13 +359,10 @@ def variants(p: dict, concurrency: int, steps: list = WASM_VARIANTS, rounds: int
                 runs[i].append({"title": title, **loadgen(running, "--rate", 0, "--warmup", 1, "--duration", 4,
                                                           *fleet_args(p), *args, during=perf_split)})
 
-    def cpu_us(run: dict) -> float:  # per push: these runs send no queries
-        return run["server"]["cpu_pct"] * 1e4 / max(run["pushes"]["achieved_rps"], 1)
-
     out = []
     for step in runs:
-        ordered = sorted(step, key=cpu_us)
-        out.append({**ordered[len(ordered) // 2], "rounds_us": [cpu_us(r) for r in step]})
+        ordered = sorted(step, key=bench_report.cpu_us_per_request)
+        out.append({**ordered[len(ordered) // 2], "rounds_us": [bench_report.cpu_us_per_request(r) for r in step]})
     return out
 
 
@@ -508,7 +507,6 @@ def main() -> int:
     if results["failed"]:
         print(f"bench: failed stages: {results['failed']}", file=sys.stderr)
     if not args.smoke:
-        import bench_report
         # A subset of the run does not replace the full report in docs/.
         print(bench_report.write(results, None if not wanted else OUT))
     return 1 if results["failed"] else 0
